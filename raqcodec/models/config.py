@@ -1,0 +1,69 @@
+"""Model configurations: one frozen dataclass, and the named configurations the project uses."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a RAQ-VAE from a state dict.
+
+    Rates: an image of H x W pixels has ceil(H/f) * ceil(W/f) latent positions, each holding `groups`
+    indices into an adapted codebook of eK rows, so the raw rate is groups * log2(eK) / f**2 bits per pixel.
+    """
+
+    backbone: str = "gdn"  # "paper" (stride-4 conv + 2 ResBlocks, as RAQ-VAE) or "gdn" (CompressAI-style GDN stack)
+    downsample: int = 8  # f: latent grid is (H/f, W/f)
+    channels: int = 128  # C: hidden channels of the transforms
+    latent_dim: int = 64  # d: channels of the latent, split into `groups` sub-vectors of latent_dim // groups
+    groups: int = 4  # product-quantisation groups per latent position (1 = plain VQ-VAE)
+    base_codebook_size: int = 256  # K: rows of each base (EMA-trained) codebook
+    min_codebook_size: int = 16  # smallest eK the generator is trained for and the codec accepts
+    max_codebook_size: int = 4096  # largest eK (size of the generator's position table)
+    generator_hidden: int = 64  # LSTM width of the Seq2Seq codebook generator
+    generator_layers: int = 2
+    generator_dropout: float = 0.1
+    condition_on_size: bool = True  # False: the reference code's size-blind generator (codebooks are prefixes)
+    beta: float = 0.25  # commitment weight
+    ema_decay: float = 0.99
+    dead_code_threshold: float = 0.03  # EMA usage below which a base code is restarted from an encoder output
+
+    @property
+    def group_dim(self) -> int:
+        """Dimension of one codeword (d / groups)."""
+        return self.latent_dim // self.groups
+
+    def raw_bpp(self, codebook_size: int) -> float:
+        """Fixed-length rate in bits per pixel for codebook size eK (no entropy coding)."""
+        import math
+
+        return self.groups * math.log2(codebook_size) / self.downsample**2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return cls(**data)
+
+
+CONFIGS: dict[str, ModelConfig] = {
+    # The RAQ paper's VQ-VAE (CIFAR-10 / CelebA setting): f=4, C=128, d=64, one codebook.
+    "paper": ModelConfig(backbone="paper", downsample=4, channels=128, latent_dim=64, groups=1,
+                         base_codebook_size=128, min_codebook_size=16, max_codebook_size=1024,
+                         generator_dropout=0.5),
+    # The shipped natural-image model: GDN transforms at f=8, four product-quantised codebooks.
+    "default": ModelConfig(),
+    # A tiny model for tests: trains in seconds.
+    "tiny": ModelConfig(backbone="gdn", downsample=4, channels=16, latent_dim=8, groups=2,
+                        base_codebook_size=32, min_codebook_size=2, max_codebook_size=4096,
+                        generator_hidden=16),
+}
+
+
+def named_config(name: str, **overrides: Any) -> ModelConfig:
+    """A named configuration with some fields replaced."""
+    if name not in CONFIGS:
+        raise KeyError(f"unknown model config {name!r}; known: {', '.join(CONFIGS)}")
+    return replace(CONFIGS[name], **overrides)

@@ -1,0 +1,110 @@
+"""Product vector quantisation: nearest-neighbour assignment and the EMA-trained base codebooks.
+
+Shapes: a latent z (B, G*dg, h, w) holds G sub-vectors of dg dims per position; a codebook is (G, n, dg),
+one table of n codewords per group; indices are (B, G, h, w) int64.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Elements of the (G, rows, n) distance matrix computed at once: bounds memory at ~256 MB of float32.
+_DISTANCE_CHUNK_ELEMENTS = 1 << 26
+
+
+def split_groups(z: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, G*dg, h, w) -> (G, B*h*w, dg)."""
+    b, c, h, w = z.shape
+    return z.reshape(b, groups, c // groups, h, w).permute(1, 0, 3, 4, 2).reshape(groups, b * h * w, c // groups)
+
+
+def merge_groups(vectors: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+    """(G, B*h*w, dg) -> (B, G*dg, h, w); inverse of split_groups."""
+    g, _, dg = vectors.shape
+    return vectors.reshape(g, batch, height, width, dg).permute(1, 0, 4, 2, 3).reshape(batch, g * dg, height, width)
+
+
+@torch.no_grad()
+def nearest_indices(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codeword (squared L2) for each vector.
+
+    vectors (G, N, dg), codebook (G, n, dg) -> (G, N) int64. Rows are processed in chunks so that memory
+    stays bounded whatever N and n (eK=4096 on a 12-megapixel image included).
+    """
+    g, n_vec, _ = vectors.shape
+    n_code = codebook.shape[1]
+    code_sq = (codebook * codebook).sum(-1).unsqueeze(1)  # (G, 1, n)
+    chunk = max(1, _DISTANCE_CHUNK_ELEMENTS // (g * n_code))
+    out = torch.empty(g, n_vec, dtype=torch.long, device=vectors.device)
+    for start in range(0, n_vec, chunk):
+        part = vectors[:, start:start + chunk]
+        # |v|^2 is the same for every codeword, so it does not change the argmin.
+        dist = code_sq - 2.0 * torch.bmm(part, codebook.transpose(1, 2))
+        out[:, start:start + chunk] = dist.argmin(-1)
+    return out
+
+
+def lookup(indices: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """indices (G, N) into codebook (G, n, dg) -> vectors (G, N, dg)."""
+    return torch.gather(codebook, 1, indices.unsqueeze(-1).expand(-1, -1, codebook.shape[-1]))
+
+
+def quantize_with(z: torch.Tensor, codebook: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantise z (B, G*dg, h, w) with a codebook (G, n, dg), straight-through.
+
+    Returns (z_q with straight-through gradient (B, G*dg, h, w), indices (G, B*h*w),
+    loss = beta * ||z - sg(z_q)||^2 + ||sg(z) - z_q||^2, means over elements). The second term is what trains a
+    generated codebook (its gradient reaches the generator through z_q).
+    """
+    b, _, h, w = z.shape
+    vectors = split_groups(z, codebook.shape[0])
+    indices = nearest_indices(vectors.detach(), codebook.detach())
+    chosen = lookup(indices, codebook)
+    loss = beta * F.mse_loss(vectors, chosen.detach()) + F.mse_loss(vectors.detach(), chosen)
+    straight = vectors + (chosen - vectors).detach()
+    return merge_groups(straight, b, h, w), indices, loss
+
+
+class EMACodebook(nn.Module):
+    """G base codebooks of K codewords, trained by exponential moving averages (no gradient).
+
+    Fixes the reference code's dead codes: a codeword whose EMA usage falls below `dead_threshold` is
+    restarted from a random encoder output of the current batch.
+    """
+
+    def __init__(self, groups: int, size: int, dim: int, decay: float, dead_threshold: float, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.decay, self.dead_threshold, self.eps = decay, dead_threshold, eps
+        embed = torch.randn(groups, size, dim) * 0.1
+        self.register_buffer("embed", embed)  # (G, K, dg)
+        self.register_buffer("cluster_size", torch.ones(groups, size))  # (G, K) EMA of assignments per step
+        self.register_buffer("embed_sum", embed.clone())  # (G, K, dg) EMA of assigned vector sums
+
+    @torch.no_grad()
+    def update(self, vectors: torch.Tensor, indices: torch.Tensor) -> None:
+        """One EMA step from vectors (G, N, dg) assigned to indices (G, N), then dead-code restarts."""
+        g, k, dg = self.embed.shape
+        onehot_counts = torch.zeros(g, k, device=vectors.device).scatter_add_(1, indices, torch.ones_like(indices, dtype=vectors.dtype))
+        sums = torch.zeros(g, k, dg, device=vectors.device).scatter_add_(1, indices.unsqueeze(-1).expand(-1, -1, dg), vectors)
+        self.cluster_size.mul_(self.decay).add_(onehot_counts, alpha=1 - self.decay)
+        self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+        total = self.cluster_size.sum(1, keepdim=True)
+        smoothed = (self.cluster_size + self.eps) / (total + k * self.eps) * total
+        self.embed.copy_(self.embed_sum / smoothed.unsqueeze(-1))
+        self._restart_dead(vectors)
+
+    @torch.no_grad()
+    def _restart_dead(self, vectors: torch.Tensor) -> None:
+        dead = self.cluster_size < self.dead_threshold  # (G, K)
+        if not dead.any():
+            return
+        n = vectors.shape[1]
+        for group in range(self.embed.shape[0]):
+            rows = dead[group].nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            picks = vectors[group, torch.randint(0, n, (rows.numel(),), device=vectors.device)]
+            self.embed[group, rows] = picks
+            self.embed_sum[group, rows] = picks
+            self.cluster_size[group, rows] = 1.0

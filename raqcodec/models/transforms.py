@@ -1,0 +1,93 @@
+"""Analysis and synthesis transforms g_a, g_s.
+
+    x (B,3,H,W) in [0,1] -> g_a -> z (B,d,H/f,W/f)        z_q (B,d,H/f,W/f) -> g_s -> x_hat (B,3,H,W)
+
+Both take and give pixels centred as x - 0.5 internally, the same at training and test time (the reference code
+normalised its training and test splits differently; here there is one convention).
+"""
+from __future__ import annotations
+
+import torch
+from compressai.layers import GDN, ResidualBlock
+from torch import nn
+
+from raqcodec.models.config import ModelConfig
+
+
+class PaperResBlock(nn.Module):
+    """RAQ-VAE residual block: ReLU -> conv3x3 (C->R) -> ReLU -> conv1x1 (R->C), plus identity."""
+
+    def __init__(self, channels: int, residual_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, residual_channels, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(residual_channels, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
+
+
+def _deconv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, kernel, stride=stride, padding=kernel // 2, output_padding=stride - 1)
+
+
+def _paper_analysis(cfg: ModelConfig) -> nn.Sequential:
+    """Conv(3->C, k8, s4) -> 2 ResBlocks -> ReLU -> 1x1 (C->d): the RAQ-VAE encoder, f=4."""
+    c = cfg.channels
+    return nn.Sequential(
+        nn.Conv2d(3, c, 8, stride=4, padding=2),
+        PaperResBlock(c, c // 2), PaperResBlock(c, c // 2), nn.ReLU(),
+        nn.Conv2d(c, cfg.latent_dim, 1),
+    )
+
+
+def _paper_synthesis(cfg: ModelConfig) -> nn.Sequential:
+    """Conv(d->C, k3) -> 2 ResBlocks -> ReLU -> ConvT(C->3, k8, s4): the RAQ-VAE decoder, f=4."""
+    c = cfg.channels
+    return nn.Sequential(
+        nn.Conv2d(cfg.latent_dim, c, 3, padding=1),
+        PaperResBlock(c, c // 2), PaperResBlock(c, c // 2), nn.ReLU(),
+        nn.ConvTranspose2d(c, 3, 8, stride=4, padding=2),
+    )
+
+
+def _gdn_analysis(cfg: ModelConfig) -> nn.Sequential:
+    """log2(f) stride-2 5x5 convs with GDN between them, a residual block at the latent grid, 1x1 to d."""
+    c, steps = cfg.channels, cfg.downsample.bit_length() - 1
+    layers: list[nn.Module] = []
+    for i in range(steps):
+        layers.append(_conv(3 if i == 0 else c, c))
+        if i < steps - 1:
+            layers.append(GDN(c))
+    layers += [ResidualBlock(c, c), nn.Conv2d(c, cfg.latent_dim, 1)]
+    return nn.Sequential(*layers)
+
+
+def _gdn_synthesis(cfg: ModelConfig) -> nn.Sequential:
+    """Mirror of the GDN analysis: 1x1 from d, a residual block, stride-2 5x5 transposed convs with IGDN."""
+    c, steps = cfg.channels, cfg.downsample.bit_length() - 1
+    layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, c, 1), ResidualBlock(c, c)]
+    for i in range(steps):
+        last = i == steps - 1
+        layers.append(_deconv(c, 3 if last else c))
+        if not last:
+            layers.append(GDN(c, inverse=True))
+    return nn.Sequential(*layers)
+
+
+def build_transforms(cfg: ModelConfig) -> tuple[nn.Module, nn.Module]:
+    """(g_a, g_s) for the configuration's backbone."""
+    if cfg.downsample & (cfg.downsample - 1):
+        raise ValueError("downsample must be a power of two")
+    if cfg.backbone == "paper":
+        if cfg.downsample != 4:
+            raise ValueError("the paper backbone has a fixed stride of 4")
+        return _paper_analysis(cfg), _paper_synthesis(cfg)
+    if cfg.backbone == "gdn":
+        return _gdn_analysis(cfg), _gdn_synthesis(cfg)
+    raise ValueError(f"unknown backbone {cfg.backbone!r}")

@@ -1,0 +1,48 @@
+"""Bounded-memory transforms: run g_a / g_s over tiles of the latent grid with a halo, and stitch.
+
+A tile covers TILE x TILE latent positions (TILE*f pixels) plus HALO positions of context on each side; only the
+centre is kept. The tiling depends on the image size alone, so encoder and decoder always agree, and an image
+whose latent fits in one tile is transformed whole.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+TILE = 64  # latent positions per tile side (512 pixels at f=8)
+HALO = 8  # latent positions of context around each tile
+
+
+def _boxes(height: int, width: int) -> Iterator[tuple[int, int, int, int]]:
+    for y0 in range(0, height, TILE):
+        for x0 in range(0, width, TILE):
+            yield y0, min(y0 + TILE, height), x0, min(x0 + TILE, width)
+
+
+def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor, latent_hw: tuple[int, int],
+           in_scale: int, out_scale: int, out_channels: int) -> torch.Tensor:
+    """Apply fn tile by tile. in_scale / out_scale: input and output pixels per latent position."""
+    h, w = latent_hw
+    if h <= TILE and w <= TILE:
+        return fn(inp)
+    out = torch.empty(inp.shape[0], out_channels, h * out_scale, w * out_scale, device=inp.device)
+    for y0, y1, x0, x1 in _boxes(h, w):
+        ya, yb, xa, xb = max(0, y0 - HALO), min(h, y1 + HALO), max(0, x0 - HALO), min(w, x1 + HALO)
+        part = fn(inp[:, :, ya * in_scale:yb * in_scale, xa * in_scale:xb * in_scale])
+        out[:, :, y0 * out_scale:y1 * out_scale, x0 * out_scale:x1 * out_scale] = part[
+            :, :, (y0 - ya) * out_scale:(y1 - ya) * out_scale, (x0 - xa) * out_scale:(x1 - xa) * out_scale]
+    return out
+
+
+@torch.no_grad()
+def analysis_tiled(model, x: torch.Tensor) -> torch.Tensor:
+    """x (1, 3, H, W) in [0,1], H and W multiples of f -> z (1, d, H/f, W/f)."""
+    f = model.cfg.downsample
+    return _tiled(model.analysis, x, (x.shape[2] // f, x.shape[3] // f), f, 1, model.cfg.latent_dim)
+
+
+@torch.no_grad()
+def synthesis_tiled(model, z_q: torch.Tensor) -> torch.Tensor:
+    """z_q (1, d, h, w) -> x_hat (1, 3, h*f, w*f), not clamped."""
+    return _tiled(model.synthesis, z_q, (z_q.shape[2], z_q.shape[3]), 1, model.cfg.downsample, 3)

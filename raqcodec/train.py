@@ -1,0 +1,157 @@
+"""Training loop for RAQ-VAE models: random crops, joint L_VQ + L_RAQ loss, eK sampled per step.
+
+eK is drawn once per step from a LOG-UNIFORM distribution over the integers [min_codebook_size,
+max_codebook_size] (round(exp(U(log min, log max)))). The reference code draws eK uniformly over integers, which
+puts ~3/4 of the steps above 512; log-uniform gives every octave of rate the same share of training.
+"""
+from __future__ import annotations
+
+import math
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from raqcodec.data import CropSampler, center_crops, load_source
+from raqcodec.modelfile import read_model_file, save_model
+from raqcodec.models import RAQVAE, ModelConfig, named_config
+
+
+@dataclass
+class TrainOptions:
+    """What `raq train` was asked to do. Times in minutes, learning rate per Adam step."""
+
+    sources: list[str]
+    out: str
+    config: str = "default"
+    val_source: str | None = None
+    steps: int = 100_000
+    minutes: float = float("inf")
+    batch: int = 16
+    crop: int = 64
+    lr: float = 2e-4
+    seed: int = 0
+    checkpoint_minutes: float = 5.0
+    resume: bool = False
+    init: str | None = None  # start from the weights of a model file (e.g. the shipped model)
+    device: str = "cpu"
+    split: str = "train"  # split of a CIFAR-10 zip source
+    config_overrides: dict = field(default_factory=dict)
+
+
+def sample_codebook_size(rng: random.Random, lo: int, hi: int) -> int:
+    """One eK, log-uniform over the integers [lo, hi]."""
+    return min(hi, max(lo, round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.5))))))
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB of a mean squared error on [0, 1] pixels."""
+    return 10 * math.log10(1.0 / max(mse, 1e-12))
+
+
+@torch.no_grad()
+def validate(model: RAQVAE, crops: torch.Tensor, sizes: tuple[int, ...]) -> dict[int, float]:
+    """PSNR (dB, [0,1] pixels, 8-bit rounded) of val crops (N, 3, S, S) per eK, generated codebooks."""
+    was_training = model.training
+    model.eval()
+    out = {}
+    for size in sizes:
+        codebook = model.codebook(size)
+        mses = []
+        for chunk in crops.split(8):
+            chunk = chunk.to(model.base.embed.device)
+            z = model.analysis(chunk)
+            x_hat = model.synthesis(model.dequantize(model.quantize(z, codebook), codebook))
+            x_hat = (x_hat.clamp(0, 1) * 255).round() / 255
+            mses.append(((x_hat - chunk) ** 2).flatten(1).mean(1))
+        out[size] = float(np.mean([psnr_from_mse(m) for m in torch.cat(mses).tolist()]))
+    model.train(was_training)
+    return out
+
+
+def _build_model(opts: TrainOptions) -> RAQVAE:
+    if opts.init:
+        payload = read_model_file(opts.init)
+        model = RAQVAE(ModelConfig.from_dict(payload["config"]))
+        model.load_state_dict(payload["state_dict"])
+        model.init_metadata = payload.get("metadata", {})
+        return model
+    return RAQVAE(named_config(opts.config, **opts.config_overrides))
+
+
+def train(opts: TrainOptions) -> RAQVAE:
+    """Train (or resume) and write the model file to opts.out; returns the trained model."""
+    torch.manual_seed(opts.seed)
+    py_rng = random.Random(opts.seed)
+    device = torch.device(opts.device)
+    images = [img for src in opts.sources for img in load_source(src, opts.split)]
+    sampler = CropSampler(images, opts.crop, opts.seed)
+    val_crops = center_crops(load_source(opts.val_source), 256)[:32] if opts.val_source else None
+
+    model = _build_model(opts).to(device)
+    cfg = model.cfg
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    prior = getattr(model, "init_metadata", {})
+    step, elapsed = int(prior.get("steps", 0)), float(prior.get("train_seconds", 0.0))
+    history: list[dict] = list(prior.get("validation", []))
+    ckpt_path = Path(opts.out).with_suffix(".ckpt")
+    if opts.resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step, elapsed, history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
+        sampler.set_state(ckpt["sampler"])
+        py_rng.setstate(ckpt["py_rng"])
+        torch.set_rng_state(ckpt["torch_rng"])
+
+    def metadata() -> dict:
+        return {"data": [str(s) for s in opts.sources], "val": opts.val_source, "steps": step,
+                "train_seconds": round(elapsed, 1), "batch": opts.batch, "crop": opts.crop, "lr": opts.lr,
+                "seed": opts.seed, "codebook_size_sampling": "log-uniform integer", "git_commit": git_commit(),
+                "validation": history, "codebook_range": [cfg.min_codebook_size, cfg.max_codebook_size]}
+
+    def checkpoint() -> None:
+        if val_crops is not None:
+            sizes = (cfg.min_codebook_size, cfg.base_codebook_size, cfg.max_codebook_size)
+            history.append({"step": step, "psnr": {str(k): round(v, 3) for k, v in validate(model, val_crops, sizes).items()}})
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                    "elapsed": elapsed, "history": history, "sampler": sampler.state(),
+                    "py_rng": py_rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt_path.with_suffix(".tmp"))
+        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        save_model(model, opts.out, metadata())
+
+    model.train()
+    start, last_ckpt = time.monotonic(), time.monotonic()
+    base_elapsed = elapsed
+    bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
+    while step < opts.steps and elapsed - base_elapsed < opts.minutes * 60:
+        size = sample_codebook_size(py_rng, cfg.min_codebook_size, cfg.max_codebook_size)
+        x = sampler.sample(opts.batch).to(device)
+        out = model(x, size)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        elapsed = base_elapsed + time.monotonic() - start
+        bar.update(1)
+        bar.set_postfix(loss=f"{out['loss'].item():.4f}", psnr=f"{psnr_from_mse(out['mse_adapted'].item()):.2f}", eK=size)
+        if time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60:
+            checkpoint()
+            last_ckpt = time.monotonic()
+    bar.close()
+    checkpoint()
+    return model.eval()

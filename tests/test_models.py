@@ -1,0 +1,107 @@
+"""The model: shapes, the codebook generator, model-based resizing, the codebook cache, training."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from raqcodec.data import CropSampler
+from raqcodec.models import RAQVAE, named_config
+from raqcodec.models.model_based import dkm, resize_codebook
+from raqcodec.models.quantizer import lookup, nearest_indices
+
+
+def test_shapes_default_and_paper_configs():
+    for name, f in (("default", 8), ("paper", 4)):
+        cfg = named_config(name)
+        model = RAQVAE(cfg).eval()
+        x = torch.rand(2, 3, 64, 96)
+        z = model.analysis(x)
+        assert z.shape == (2, cfg.latent_dim, 64 // f, 96 // f)
+        codebook = model.codebook(37)
+        assert codebook.shape == (cfg.groups, 37, cfg.group_dim)
+        idx = model.quantize(z, codebook)
+        assert idx.shape == (2, cfg.groups, 64 // f, 96 // f) and int(idx.max()) < 37
+        assert model.synthesis(model.dequantize(idx, codebook)).shape == x.shape
+
+
+def test_generator_yields_exactly_ek_rows():
+    cfg = named_config("default")
+    model = RAQVAE(cfg).eval()
+    for size in (17, 1000, cfg.max_codebook_size):
+        assert model.codebook(size).shape == (cfg.groups, size, cfg.group_dim)
+
+
+def test_same_size_twice_gives_identical_codebooks_and_cache_hits():
+    model = RAQVAE(named_config("default")).eval()
+    first = model.codebook(300).clone()
+    model.clear_codebook_cache()
+    assert torch.equal(first, model.codebook(300))  # regenerated, not cached
+    start = time.perf_counter()
+    again = model.codebook(300)
+    assert torch.equal(first, again) and time.perf_counter() - start < 0.01  # cached
+
+
+def test_sizes_differ_and_out_of_range_is_refused():
+    model = RAQVAE(named_config("default")).eval()
+    a, b = model.codebook(100), model.codebook(101)
+    assert not torch.equal(a, b[:, :100])  # size-conditioned: not a prefix of the larger codebook
+    for bad in (model.cfg.min_codebook_size - 1, model.cfg.max_codebook_size + 1):
+        try:
+            model.codebook(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"codebook({bad}) accepted")
+
+
+def test_size_blind_generator_gives_prefix_codebooks():
+    model = RAQVAE(named_config("default", condition_on_size=False)).eval()
+    assert torch.allclose(model.codebook(100), model.codebook(300)[:, :100], atol=1e-6)
+
+
+def _distortion(points: torch.Tensor, centroids: torch.Tensor) -> float:
+    idx = nearest_indices(points.unsqueeze(0), centroids.unsqueeze(0))
+    return float(((points - lookup(idx, centroids.unsqueeze(0))[0]) ** 2).sum(-1).mean())
+
+
+def test_dkm_rows_and_lower_distortion_than_random_selection():
+    gen = torch.Generator().manual_seed(1)
+    centres = torch.randn(8, 4, generator=gen) * 3
+    codebook = (centres.repeat_interleave(32, 0) + 0.3 * torch.randn(256, 4, generator=gen))
+    reduced = dkm(codebook, 8)
+    assert reduced.shape == (8, 4)
+    random_subset = codebook[torch.randperm(256, generator=gen)[:8]]
+    assert _distortion(codebook, reduced) < _distortion(codebook, random_subset)
+
+
+def test_model_based_resize_both_directions():
+    base = torch.randn(2, 32, 4)
+    assert resize_codebook(base, 8).shape == (2, 8, 4)
+    assert resize_codebook(base, 48, ikm_steps=5).shape == (2, 48, 4)
+
+
+def test_short_training_lowers_the_loss(image_folder):
+    """A ~30 s run on synthetic images: the loss on fixed batches falls."""
+    from raqcodec.data import load_source
+
+    torch.manual_seed(0)
+    model = RAQVAE(named_config("tiny"))
+    sampler = CropSampler(load_source(image_folder), 32, seed=0)
+    fixed = sampler.sample(16)
+
+    def loss() -> float:
+        with torch.no_grad():
+            model.eval()
+            out = model(fixed, 64)
+            model.train()
+            return float(out["mse_adapted"] + out["mse_base"])
+
+    before = loss()
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    start = time.perf_counter()
+    while time.perf_counter() - start < 20:
+        out = model(sampler.sample(8), 64)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert loss() < 0.7 * before
