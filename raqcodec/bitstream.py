@@ -1,0 +1,270 @@
+"""The ``.raq`` container: a fixed header, the entropy-coded payload, a CRC32.
+
+Layout (all integers little-endian; see ``docs/FORMAT.md`` for the spec)::
+
+    offset size type     field
+     0      4  bytes    magic b"RAQC"
+     4      2  uint16   format version (1)
+     6      2  uint16   width  (pixels, 1..65535)
+     8      2  uint16   height (pixels, 1..65535)
+    10      2  uint16   codebook_size eK (2..65535)
+    12      1  uint8    color_mode (0 RGB, 1 greyscale)
+    13      1  uint8    groups G (1..255)
+    14      1  uint8    downsample f (1..255)
+    15      1  uint8    entropy_model (ids of raqcodec.entropy)
+    16      8  bytes    model_fingerprint
+    24      4  uint32   payload_length
+    28      n  bytes    payload
+    28+n    4  uint32   CRC32 (zlib) of bytes [0, 28+n)
+
+Validation happens before anything large is allocated, in this order:
+length, magic, version, field ranges, payload length, checksum.  Every
+rejection raises :class:`raqcodec.errors.CodecError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from raqcodec.entropy import ENTROPY_MODELS
+from raqcodec.errors import CodecError
+
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "MAX_SIDE",
+    "MAX_PIXELS",
+    "MAX_LATENT_SYMBOLS",
+    "COLOR_RGB",
+    "COLOR_GREY",
+    "HEADER_SIZE",
+    "CRC_SIZE",
+    "Header",
+    "pack",
+    "unpack",
+    "read_header",
+]
+
+MAGIC: bytes = b"RAQC"
+FORMAT_VERSION: int = 1
+MAX_SIDE: int = 65535
+MAX_PIXELS: int = 2**27
+# Cap on G * h * w, the number of coded indices: bounds what a decoder
+# allocates (4 bytes per index) whatever a header claims.
+MAX_LATENT_SYMBOLS: int = 2**27
+
+COLOR_RGB = 0
+COLOR_GREY = 1
+_COLOR_MODES = (COLOR_RGB, COLOR_GREY)
+
+FINGERPRINT_SIZE = 8
+MIN_CODEBOOK, MAX_CODEBOOK = 2, 65535
+MAX_GROUPS = 255
+MAX_DOWNSAMPLE = 255
+MAX_PAYLOAD = 2**32 - 1
+
+_HEADER = struct.Struct("<4sHHHHBBBB8sI")
+HEADER_SIZE: int = _HEADER.size  # 28
+_CRC = struct.Struct("<I")
+CRC_SIZE: int = _CRC.size  # 4
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _as_int(name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise CodecError(f"header field {name} must be an integer, got {value!r}")
+    return int(value)
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise CodecError(f"header field {name}={value} out of range [{lo}, {hi}]")
+
+
+@dataclass(frozen=True)
+class Header:
+    """The fields of a ``.raq`` header.  Construction validates every field."""
+
+    model_fingerprint: bytes
+    width: int
+    height: int
+    color_mode: int
+    codebook_size: int
+    groups: int
+    downsample: int
+    entropy_model: int
+    payload_length: int
+
+    def __post_init__(self) -> None:
+        fp = self.model_fingerprint
+        if not isinstance(fp, (bytes, bytearray)) or len(fp) != FINGERPRINT_SIZE:
+            raise CodecError(
+                f"header field model_fingerprint must be {FINGERPRINT_SIZE} bytes, got {fp!r}"
+            )
+        object.__setattr__(self, "model_fingerprint", bytes(fp))
+        for name in (
+            "width",
+            "height",
+            "color_mode",
+            "codebook_size",
+            "groups",
+            "downsample",
+            "entropy_model",
+            "payload_length",
+        ):
+            object.__setattr__(self, name, _as_int(name, getattr(self, name)))
+        _check_range("width", self.width, 1, MAX_SIDE)
+        _check_range("height", self.height, 1, MAX_SIDE)
+        if self.width * self.height > MAX_PIXELS:
+            raise CodecError(
+                f"image of {self.width}x{self.height} pixels exceeds the limit of "
+                f"{MAX_PIXELS} pixels"
+            )
+        if self.color_mode not in _COLOR_MODES:
+            raise CodecError(
+                f"header field color_mode={self.color_mode} is not 0 (RGB) or 1 (greyscale)"
+            )
+        _check_range("codebook_size", self.codebook_size, MIN_CODEBOOK, MAX_CODEBOOK)
+        _check_range("groups", self.groups, 1, MAX_GROUPS)
+        _check_range("downsample", self.downsample, 1, MAX_DOWNSAMPLE)
+        if self.entropy_model not in ENTROPY_MODELS:
+            raise CodecError(f"header field entropy_model={self.entropy_model} is unknown")
+        _check_range("payload_length", self.payload_length, 0, MAX_PAYLOAD)
+        g, h, w = self.latent_shape
+        if g * h * w > MAX_LATENT_SYMBOLS:
+            raise CodecError(
+                f"latent grid {g}x{h}x{w} exceeds the limit of {MAX_LATENT_SYMBOLS} indices"
+            )
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(groups, ceil(height / downsample), ceil(width / downsample))``."""
+        return (
+            self.groups,
+            _ceil_div(self.height, self.downsample),
+            _ceil_div(self.width, self.downsample),
+        )
+
+    @property
+    def num_pixels(self) -> int:
+        return self.width * self.height
+
+
+def _as_bytes(data, what: str) -> bytes | memoryview:
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, (bytearray, memoryview)):
+        return memoryview(data).cast("B")
+    raise CodecError(f"{what} must be bytes, got {type(data).__name__}")
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    """Serialise ``header`` and ``payload`` into a complete ``.raq`` file."""
+    if not isinstance(header, Header):
+        raise CodecError(f"header must be a Header, got {type(header).__name__}")
+    payload = bytes(_as_bytes(payload, "payload"))
+    if header.payload_length != len(payload):
+        raise CodecError(
+            f"header payload_length={header.payload_length} but the payload has "
+            f"{len(payload)} bytes"
+        )
+    head = _HEADER.pack(
+        MAGIC,
+        FORMAT_VERSION,
+        header.width,
+        header.height,
+        header.codebook_size,
+        header.color_mode,
+        header.groups,
+        header.downsample,
+        header.entropy_model,
+        header.model_fingerprint,
+        header.payload_length,
+    )
+    body = head + payload
+    return body + _CRC.pack(zlib.crc32(body) & 0xFFFFFFFF)
+
+
+def read_header(data: bytes) -> Header:
+    """Parse and validate the header of a complete ``.raq`` file.
+
+    Checks the magic, the version, every field and that the file length
+    matches ``payload_length``; does not check the CRC (:func:`unpack` does).
+    """
+    buf = _as_bytes(data, ".raq data")
+    n = len(buf)
+    if n == 0:
+        raise CodecError("not a .raq file: the input is empty")
+    prefix = bytes(buf[: len(MAGIC)])
+    if not MAGIC.startswith(prefix) or (n >= len(MAGIC) and prefix != MAGIC):
+        raise CodecError("not a .raq file: bad magic bytes")
+    if n < HEADER_SIZE + CRC_SIZE:
+        raise CodecError(
+            f"truncated .raq file: {n} bytes, shorter than the "
+            f"{HEADER_SIZE + CRC_SIZE}-byte minimum"
+        )
+    (
+        _magic,
+        version,
+        width,
+        height,
+        codebook_size,
+        color_mode,
+        groups,
+        downsample,
+        entropy_model,
+        fingerprint,
+        payload_length,
+    ) = _HEADER.unpack_from(buf, 0)
+    if version > FORMAT_VERSION:
+        raise CodecError(
+            f"written by a newer raqcodec (format version {version}); "
+            f"this reads version {FORMAT_VERSION}"
+        )
+    if version != FORMAT_VERSION:
+        raise CodecError(
+            f"unsupported .raq format version {version}; this reads version {FORMAT_VERSION}"
+        )
+    try:
+        header = Header(
+            model_fingerprint=fingerprint,
+            width=width,
+            height=height,
+            color_mode=color_mode,
+            codebook_size=codebook_size,
+            groups=groups,
+            downsample=downsample,
+            entropy_model=entropy_model,
+            payload_length=payload_length,
+        )
+    except CodecError as exc:
+        raise CodecError(f"corrupt .raq header: {exc}") from None
+    actual = n - HEADER_SIZE - CRC_SIZE
+    if payload_length > actual:
+        raise CodecError(
+            f"truncated .raq file: header announces a {payload_length}-byte payload, "
+            f"only {actual} bytes present"
+        )
+    if payload_length < actual:
+        raise CodecError(
+            f"corrupt .raq file: {actual - payload_length} unexpected bytes after the payload"
+        )
+    return header
+
+
+def unpack(data: bytes) -> tuple[Header, bytes]:
+    """Validate a complete ``.raq`` file and return its header and payload."""
+    header = read_header(data)
+    buf = _as_bytes(data, ".raq data")
+    end = HEADER_SIZE + header.payload_length
+    (stored,) = _CRC.unpack_from(buf, end)
+    if zlib.crc32(buf[:end]) & 0xFFFFFFFF != stored:
+        raise CodecError("corrupt .raq file: checksum mismatch")
+    return header, bytes(buf[HEADER_SIZE:end])

@@ -1,0 +1,200 @@
+"""`raq`: the command line. Click commands only; the work happens in the library.
+
+Exit codes: 0 ok; 1 bad input or failure, with a one-line message on stderr (a traceback only with --debug).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import click
+
+from raqcodec.errors import CodecError
+
+
+class RaqGroup(click.Group):
+    """Turns CodecError and ordinary failures into a one-line message and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(1)
+        except Exception as exc:  # every failure reaches the user as one line
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            click.echo(f"error: {message}", err=True)
+            sys.exit(1)
+
+
+def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.group(cls=RaqGroup)
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """raqcodec: a neural image codec with rate-adaptive quantisation."""
+    ctx.obj = {"debug": debug}
+    warnings.showwarning = _warn_one_line
+
+
+model_option = click.option("--model", "model_path", type=click.Path(dir_okay=False), default=None,
+                            help="Model file (default: the shipped model).")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+force_option = click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+
+
+def _pairs(src: Path, dst: Path, suffix: str) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one file, or every image/.raq file of a folder into an output folder."""
+    from raqcodec.data import IMAGE_SUFFIXES
+
+    if not src.exists():
+        raise CodecError(f"no such file or folder: {src}")
+    if src.is_dir():
+        wanted = IMAGE_SUFFIXES if suffix == ".raq" else {".raq"}
+        files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in wanted)
+        if not files:
+            raise CodecError(f"no input files in folder {src}")
+        dst.mkdir(parents=True, exist_ok=True)
+        return [(p, dst / (p.stem + suffix)) for p in files]
+    return [(src, dst)]
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@click.option("--bpp", type=float, default=None, help="Target bits per pixel of the whole file.")
+@click.option("--codebook-size", type=int, default=None, help="Fixed adapted codebook size eK.")
+@model_option
+@device_option
+@force_option
+def compress(source: Path, output: Path, bpp: float | None, codebook_size: int | None, model_path: str | None,
+             device: str, force: bool) -> None:
+    """Compress an image (or a folder of images) to .raq."""
+    from tqdm import tqdm
+
+    from raqcodec.codec import encode, get_model
+    from raqcodec.image_io import write_bytes_atomic
+
+    if (bpp is None) == (codebook_size is None):
+        raise CodecError("give exactly one of --bpp or --codebook-size")
+    model = get_model(model_path, device)
+    pairs = _pairs(source, output, ".raq")
+    for src, dst in tqdm(pairs, desc="compress", disable=len(pairs) == 1, file=sys.stderr):
+        start = time.perf_counter()
+        enc = encode(src, bpp=bpp, codebook_size=codebook_size, model=model)
+        write_bytes_atomic(enc.data, dst, force=force)
+        click.echo(f"{src.name}: eK={enc.header.codebook_size} bytes={len(enc.data)} bpp={enc.bpp:.4f} "
+                   f"time={time.perf_counter() - start:.2f}s")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("output", type=click.Path(path_type=Path))
+@model_option
+@device_option
+@force_option
+def decompress(source: Path, output: Path, model_path: str | None, device: str, force: bool) -> None:
+    """Decompress a .raq file (or a folder of them) to an image (PNG unless the extension says otherwise)."""
+    from tqdm import tqdm
+
+    from raqcodec.codec import decompress as decode
+    from raqcodec.codec import get_model
+    from raqcodec.image_io import save_image_atomic
+
+    model = get_model(model_path, device)
+    pairs = _pairs(source, output, ".png")
+    for src, dst in tqdm(pairs, desc="decompress", disable=len(pairs) == 1, file=sys.stderr):
+        start = time.perf_counter()
+        image = decode(_read(src), model=model)
+        save_image_atomic(image, dst, force=force)
+        click.echo(f"{src.name}: {image.width}x{image.height} time={time.perf_counter() - start:.2f}s")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        raise CodecError(f"is a folder, not a .raq file: {path}") from None
+    except OSError as exc:
+        raise CodecError(f"cannot read {path}: {exc.strerror}") from None
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+def info(source: Path) -> None:
+    """Print the header fields of a .raq file and its achieved bpp."""
+    from raqcodec.codec import read_header
+
+    data = _read(source)
+    header = read_header(data)
+    fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in header.__dict__.items()}
+    fields.update(file_bytes=len(data), bpp=round(len(data) * 8 / (header.width * header.height), 6))
+    for key, value in fields.items():
+        click.echo(f"{key}: {value}")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
+@click.option("--config", default="default", show_default=True, help="Named model configuration.")
+@click.option("--val", "val_source", default=None, help="Validation image folder.")
+@click.option("--steps", default=100_000, show_default=True)
+@click.option("--minutes", default=float("inf"), type=float, help="Wall-clock budget of this run.")
+@click.option("--batch", default=16, show_default=True)
+@click.option("--crop", default=64, show_default=True)
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--checkpoint-minutes", default=5.0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT's .ckpt checkpoint when it exists.")
+@click.option("--init", default=None, help="Start from a model file's weights (e.g. the shipped model).")
+@click.option("--split", default="train", show_default=True, help="Split of a CIFAR-10 zip source.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", default=0, help="torch CPU threads (0: torch's default).")
+def train(sources, out, config, val_source, steps, minutes, batch, crop, lr, seed, checkpoint_minutes, resume,
+          init, split, device, threads) -> None:
+    """Train a RAQ-VAE on image folders or the CIFAR-10 zip (SOURCES), writing a model file."""
+    import torch
+
+    from raqcodec.modelfile import resolve_device
+    from raqcodec.train import TrainOptions, train as run
+
+    if threads:
+        torch.set_num_threads(threads)
+    run(TrainOptions(sources=list(sources), out=out, config=config, val_source=val_source, steps=steps,
+                     minutes=minutes, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_minutes=checkpoint_minutes,
+                     resume=resume, init=init, device=str(resolve_device(device)), split=split))
+    click.echo(f"wrote {out}")
+
+
+@main.command("eval")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@model_option
+@click.option("--codebook-sizes", default="16,24,32,64,128,256,512,1024,2048,4096", show_default=True)
+@click.option("--method", type=click.Choice(["data", "model"]), default="data", show_default=True,
+              help="data: the Seq2Seq generator; model: DKM/IKM on the base codebook.")
+@click.option("--limit", type=int, default=None, help="Only the first N images.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None)
+@device_option
+def evaluate_cmd(folder, model_path, codebook_sizes, method, limit, json_out, device) -> None:
+    """PSNR, MS-SSIM, bpp, perplexity and usage per codebook size over an image folder."""
+    from raqcodec.codec import get_model
+    from raqcodec.evaluate import evaluate, markdown_table
+
+    model = get_model(model_path, device)
+    sizes = [int(s) for s in codebook_sizes.split(",") if s.strip()]
+    results = evaluate(model, folder, sizes, limit=limit, method=method)
+    click.echo(markdown_table(results))
+    if json_out:
+        doc = {"model": str(model_path or "default"), "dataset": str(folder), "method": method,
+               "results": [r.to_json() for r in results]}
+        Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")

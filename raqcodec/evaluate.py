@@ -1,0 +1,81 @@
+"""`raq eval`: quality and rate of a model over an image folder, per codebook size eK.
+
+Metrics the CompressAI way: RGB, decoded output rounded to 8 bits, [0, 255] range, mean of per-image values.
+Rate: bits per pixel of the whole coded .raq file, and the raw fixed-length rate G*log2(eK)/f^2.
+Perplexity and usage come from one histogram of indices over the WHOLE set (not per batch); with G product
+groups they are averaged over the groups (each group has its own codebook of eK rows).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from raqcodec.codec import Latent, analyse, encode_latent, reconstruct
+from raqcodec.data import list_images
+from raqcodec.image_io import load_image
+from raqcodec.metrics import code_statistics, ms_ssim_db, psnr
+from raqcodec.models import RAQVAE
+
+
+@dataclass
+class SizeResult:
+    """Mean results over the set for one eK. bpp: whole .raq file; raw_bpp: fixed-length indices."""
+
+    codebook_size: int
+    bpp: float
+    raw_bpp: float
+    psnr: float
+    ms_ssim: float
+    perplexity: float
+    usage: float
+    bits_per_index: float  # entropy-coded payload bits per index (compare with log2 eK)
+
+    def to_json(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+
+
+@torch.no_grad()
+def evaluate(model: RAQVAE, folder: str | Path, sizes: list[int], *, limit: int | None = None,
+             method: str = "data", progress: bool = True) -> list[SizeResult]:
+    """Evaluate every eK in `sizes` on the images of `folder` (first `limit` by name)."""
+    paths = list_images(folder)[:limit]
+    if not paths:
+        raise ValueError(f"no images in {folder}")
+    latents: list[Latent] = [analyse(model, p) for p in tqdm(paths, desc="analyse", disable=not progress)]
+    originals = [load_image(p)[0] for p in paths]
+    results = []
+    for size in tqdm(sizes, desc="eK", disable=not progress):
+        table = model.codebook(size, method)
+        counts = np.zeros((model.cfg.groups, size), dtype=np.int64)
+        bpps, psnrs, ssims, index_bits, n_index = [], [], [], 0.0, 0
+        for latent, original in zip(latents, originals):
+            enc = encode_latent(model, latent, size, table)
+            for g in range(model.cfg.groups):
+                counts[g] += np.bincount(enc.indices[g].ravel(), minlength=size)
+            index_bits += enc.header.payload_length * 8
+            n_index += enc.indices.size
+            decoded = reconstruct(model, enc.indices, size, latent.width, latent.height, table)
+            bpps.append(enc.bpp)
+            psnrs.append(psnr(original, decoded))
+            ssims.append(ms_ssim_db(original, decoded))
+        stats = [code_statistics(c) for c in counts]
+        results.append(SizeResult(
+            codebook_size=size, bpp=float(np.mean(bpps)), raw_bpp=model.cfg.raw_bpp(size),
+            psnr=float(np.mean(psnrs)), ms_ssim=float(np.mean(ssims)),
+            perplexity=float(np.mean([s[0] for s in stats])), usage=float(np.mean([s[1] for s in stats])),
+            bits_per_index=index_bits / n_index))
+    return results
+
+
+def markdown_table(results: list[SizeResult]) -> str:
+    """The results as a Markdown table."""
+    lines = ["| eK | bpp (file) | raw bpp | PSNR dB | MS-SSIM dB | perplexity | usage | bits/index |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        lines.append(f"| {r.codebook_size} | {r.bpp:.4f} | {r.raw_bpp:.4f} | {r.psnr:.2f} | {r.ms_ssim:.2f} | "
+                     f"{r.perplexity:.1f} | {r.usage:.1f} | {r.bits_per_index:.3f} |")
+    return "\n".join(lines)

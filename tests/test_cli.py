@@ -1,0 +1,79 @@
+"""The `raq` command line: outputs, messages and exit codes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import synthetic_image
+from PIL import Image
+
+from raqcodec.cli import main
+
+
+@pytest.fixture()
+def photo(tmp_path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.fromarray(synthetic_image(60, 70, seed=2)).save(path)
+    return path
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_compress_info_decompress(tiny_model, photo, tmp_path):
+    raq, png = tmp_path / "photo.raq", tmp_path / "out.png"
+    res = run("compress", photo, raq, "--codebook-size", 128, "--model", tiny_model.path)
+    assert res.exit_code == 0, res.output
+    assert "eK=128" in res.output and "bpp=" in res.output
+    res = run("info", raq)
+    assert res.exit_code == 0 and "codebook_size: 128" in res.output and "width: 70" in res.output
+    res = run("decompress", raq, png, "--model", tiny_model.path)
+    assert res.exit_code == 0, res.output
+    assert Image.open(png).size == (70, 60)
+
+
+def test_bpp_target(tiny_model, photo, tmp_path):
+    res = run("compress", photo, tmp_path / "a.raq", "--bpp", 1.0, "--model", tiny_model.path)
+    assert res.exit_code == 0, res.output
+
+
+def test_folder_input(tiny_model, photo, tmp_path):
+    res = run("compress", photo.parent, tmp_path / "coded", "--codebook-size", 32, "--model", tiny_model.path)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "coded" / "photo.raq").exists()
+
+
+def _fails_cleanly(res, output: Path | None = None) -> None:
+    assert res.exit_code == 1
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), res.output
+    assert "Traceback" not in res.output
+    if output is not None:
+        assert not output.exists()
+
+
+def test_bad_inputs_give_one_line_and_exit_1(tiny_model, photo, tmp_path):
+    out = tmp_path / "x.raq"
+    _fails_cleanly(run("compress", tmp_path / "missing.png", out, "--codebook-size", 16, "--model", tiny_model.path), out)
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    _fails_cleanly(run("compress", text, out, "--codebook-size", 16, "--model", tiny_model.path), out)
+    _fails_cleanly(run("compress", photo, tmp_path / "no" / "such" / "dir" / "x.raq", "--codebook-size", 16,
+                       "--model", tiny_model.path))
+    bad = tmp_path / "bad.raq"
+    bad.write_bytes(b"RAQC" + b"\0" * 10)
+    png = tmp_path / "bad.png"
+    _fails_cleanly(run("decompress", bad, png, "--model", tiny_model.path), png)
+    _fails_cleanly(run("info", bad))
+    _fails_cleanly(run("compress", photo, out, "--model", tiny_model.path))  # neither --bpp nor --codebook-size
+
+
+def test_existing_output_needs_force(tiny_model, photo, tmp_path):
+    out = tmp_path / "x.raq"
+    out.write_bytes(b"keep")
+    _fails_cleanly(run("compress", photo, out, "--codebook-size", 16, "--model", tiny_model.path))
+    assert out.read_bytes() == b"keep"
+    res = run("compress", photo, out, "--codebook-size", 16, "--model", tiny_model.path, "--force")
+    assert res.exit_code == 0 and out.read_bytes() != b"keep"

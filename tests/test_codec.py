@@ -1,0 +1,100 @@
+"""The codec through the Python API: round trips, rate control, bad files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import synthetic_image
+
+import raqcodec
+from raqcodec import bitstream
+from raqcodec.codec import analyse, encode, encode_latent, reconstruct
+
+
+@pytest.mark.parametrize("height,width", [(1, 1), (17, 31), (64, 64), (512, 768)])
+@pytest.mark.parametrize("size", [16, 100, 4096])
+def test_round_trip_equals_in_process_reconstruction(tiny_model, height, width, size):
+    pixels = synthetic_image(height, width, seed=height + width)
+    enc = encode(pixels, codebook_size=size, model=tiny_model)
+    decoded = raqcodec.decompress(enc.data, model=tiny_model)
+    assert decoded.size == (width, height) and decoded.mode == "RGB"
+    expected = reconstruct(tiny_model, enc.indices, size, width, height)
+    assert np.array_equal(np.asarray(decoded), expected)
+    header = raqcodec.read_header(enc.data)
+    assert (header.width, header.height, header.codebook_size) == (width, height, size)
+
+
+def test_greyscale_source_decodes_to_greyscale(tiny_model):
+    grey = synthetic_image(40, 50)[:, :, 0]
+    decoded = raqcodec.decompress(raqcodec.compress(grey, codebook_size=64, model=tiny_model), model=tiny_model)
+    assert decoded.mode == "L" and decoded.size == (50, 40)
+
+
+def test_encoding_is_deterministic(tiny_model):
+    pixels = synthetic_image(48, 40, seed=3)
+    assert raqcodec.compress(pixels, codebook_size=300, model=tiny_model) == \
+        raqcodec.compress(pixels, codebook_size=300, model=tiny_model)
+
+
+def test_rate_control_picks_the_largest_fitting_codebook(tiny_model):
+    pixels = synthetic_image(128, 160, seed=5)
+    latent = analyse(tiny_model, pixels)
+    smallest = encode_latent(tiny_model, latent, tiny_model.cfg.min_codebook_size).bpp
+    largest = encode_latent(tiny_model, latent, tiny_model.cfg.max_codebook_size).bpp
+    for target in np.linspace(smallest * 1.05, largest * 0.95, 4):
+        enc = encode(pixels, bpp=float(target), model=tiny_model)
+        assert enc.bpp <= target
+        assert encode_latent(tiny_model, latent, enc.header.codebook_size + 1).bpp > target
+        assert enc.bpp >= 0.9 * target
+
+
+def test_rate_target_below_smallest_names_the_smallest(tiny_model):
+    with pytest.raises(raqcodec.CodecError, match="smallest achievable"):
+        raqcodec.compress(synthetic_image(64, 64), bpp=1e-4, model=tiny_model)
+
+
+def test_rate_target_above_largest_uses_largest_with_warning(tiny_model):
+    with pytest.warns(UserWarning, match="largest"):
+        enc = encode(synthetic_image(64, 64), bpp=50.0, model=tiny_model)
+    assert enc.header.codebook_size == tiny_model.cfg.max_codebook_size
+
+
+def test_bad_arguments(tiny_model):
+    img = synthetic_image(16, 16)
+    for kwargs in ({}, {"bpp": 0.3, "codebook_size": 64}, {"bpp": -1.0}, {"codebook_size": 1},
+                   {"codebook_size": 5000}):
+        with pytest.raises(raqcodec.CodecError):
+            raqcodec.compress(img, model=tiny_model, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def valid_file(tiny_model) -> bytes:
+    return raqcodec.compress(synthetic_image(40, 56, seed=9), codebook_size=200, model=tiny_model)
+
+
+def _corruptions(data: bytes) -> dict[str, bytes]:
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    future = bytearray(data)
+    future[4:6] = (bitstream.FORMAT_VERSION + 1).to_bytes(2, "little")
+    return {"empty": b"", "truncated": data[: len(data) - 5], "header only": data[:10],
+            "bit flip": bytes(flipped), "future version": bytes(future), "not raq": b"PNG" * 40,
+            "trailing": data + b"\0"}
+
+
+@pytest.mark.parametrize("kind", ["empty", "truncated", "header only", "bit flip", "future version", "not raq", "trailing"])
+def test_corrupt_files_raise_codec_error(tiny_model, valid_file, kind):
+    with pytest.raises(raqcodec.CodecError):
+        raqcodec.decompress(_corruptions(valid_file)[kind], model=tiny_model)
+
+
+def test_future_version_error_names_the_version(tiny_model, valid_file):
+    with pytest.raises(raqcodec.CodecError, match="newer"):
+        raqcodec.decompress(_corruptions(valid_file)["future version"], model=tiny_model)
+
+
+def test_file_from_another_model_is_refused(tiny_model, valid_file):
+    from raqcodec.models import RAQVAE
+
+    other = RAQVAE(tiny_model.cfg).eval()  # same architecture, different weights
+    with pytest.raises(raqcodec.CodecError, match="different model"):
+        raqcodec.decompress(valid_file, model=other)
