@@ -77,24 +77,33 @@ def _pairs(src: Path, dst: Path, suffix: str) -> list[tuple[Path, Path]]:
 @model_option
 @device_option
 @force_option
+@click.option("--workers", default=1, show_default=True, help="Worker processes for a folder.")
 def compress(source: Path, output: Path, bpp: float | None, codebook_size: int | None, model_path: str | None,
-             device: str, force: bool) -> None:
+             device: str, force: bool, workers: int) -> None:
     """Compress an image (or a folder of images) to .raq."""
     from tqdm import tqdm
 
-    from raqcodec.codec import encode, get_model
-    from raqcodec.image_io import write_bytes_atomic
+    from raqcodec.batch import Job, compress_many
+    from raqcodec.codec import get_model
 
     if (bpp is None) == (codebook_size is None):
         raise CodecError("give exactly one of --bpp or --codebook-size")
     model = get_model(model_path, device)
     pairs = _pairs(source, output, ".raq")
-    for src, dst in tqdm(pairs, desc="compress", disable=len(pairs) == 1, file=sys.stderr):
-        start = time.perf_counter()
-        enc = encode(src, bpp=bpp, codebook_size=codebook_size, model=model)
-        write_bytes_atomic(enc.data, dst, force=force)
-        click.echo(f"{src.name}: eK={enc.header.codebook_size} bytes={len(enc.data)} bpp={enc.bpp:.4f} "
-                   f"time={time.perf_counter() - start:.2f}s")
+    jobs = [Job(str(src), str(dst), bpp, codebook_size, force) for src, dst in pairs]
+    failures = 0
+    results = compress_many(jobs, model, model_path, device, workers if len(jobs) > 1 else 1)
+    for res in tqdm(results, total=len(jobs), desc="compress", disable=len(jobs) == 1, file=sys.stderr):
+        name = Path(res.source).name
+        if res.error is not None:
+            if len(jobs) == 1:
+                raise CodecError(res.error)
+            failures += 1
+            click.echo(f"error: {name}: {res.error}", err=True)
+            continue
+        click.echo(f"{name}: eK={res.codebook_size} bytes={res.nbytes} bpp={res.bpp:.4f} time={res.seconds:.2f}s")
+    if failures:
+        raise CodecError(f"{failures} of {len(jobs)} images failed")
 
 
 @main.command()

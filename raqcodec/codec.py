@@ -27,7 +27,7 @@ def get_model(model: RAQVAE | str | os.PathLike | None, device: str = "auto") ->
     """A model instance: given, or loaded (and kept in memory) from a path, or the shipped default."""
     dev = resolve_device(device)
     if isinstance(model, RAQVAE):
-        return model.to(dev).eval()
+        return model.to(dev).eval() if model.training or model.base.embed.device != dev else model
     return cached_model(None if model is None else os.fspath(model), str(dev))
 
 

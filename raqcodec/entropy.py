@@ -317,6 +317,10 @@ def decode_indices(
         raise CodecError(f"corrupt payload: entropy decoding failed ({exc})") from None
     if int(out.min()) < 0 or int(out.max()) >= k:
         raise CodecError("corrupt payload: decoded index out of range")
+    # The range decoder reads zeros past the end of the data and never fails on garbage, so a payload is
+    # accepted only if it is exactly what the encoder writes for the decoded indices (payloads are canonical).
+    if encode_indices(out.reshape(dims), k, model) != payload:
+        raise CodecError("corrupt payload: it does not match the decoded indices")
     return out.reshape(dims)
 
 

@@ -81,7 +81,7 @@ def test_model_based_resize_both_directions():
 
 
 def test_short_training_lowers_the_loss(image_folder):
-    """A ~30 s run on synthetic images: the loss on fixed batches falls."""
+    """A short run on synthetic images: the loss on a fixed batch falls by 30% or more."""
     from raqcodec.data import load_source
 
     torch.manual_seed(0)
@@ -98,8 +98,7 @@ def test_short_training_lowers_the_loss(image_folder):
 
     before = loss()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    start = time.perf_counter()
-    while time.perf_counter() - start < 20:
+    for _ in range(200):  # ~10 s on 2 cores: a fixed step count, so the test does not depend on machine load
         out = model(sampler.sample(8), 64)
         opt.zero_grad()
         out["loss"].backward()

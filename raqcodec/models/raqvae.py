@@ -77,7 +77,8 @@ class RAQVAE(nn.Module):
         self._codebook_cache.clear()
 
     def train(self, mode: bool = True) -> "RAQVAE":
-        self.clear_codebook_cache()
+        if mode or self.training:  # weights may change (or have changed) in training mode
+            self.clear_codebook_cache()
         return super().train(mode)
 
     def load_state_dict(self, *args, **kwargs):  # type: ignore[override]
