@@ -6,7 +6,6 @@ A model file is a `torch.save` dict (loaded with weights_only=True, so it cannot
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -23,13 +22,14 @@ DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "raq-de
 
 
 def fingerprint(model: RAQVAE) -> bytes:
-    """8-byte SHA-256 prefix of the config and every tensor of the state dict (sorted by name).
+    """8-byte SHA-256 prefix of the weights: every tensor of the state dict, sorted by name, with its shape.
 
-    Written into each .raq header, so a file from another model is refused rather than mis-decoded.
+    Written into each .raq header, so a file from another model is refused rather than mis-decoded. Only the
+    weights count (not the config dict), so a config field added later does not change old models' fingerprints.
     """
-    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return h.digest()[:8]
 

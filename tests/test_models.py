@@ -104,3 +104,14 @@ def test_short_training_lowers_the_loss(image_folder):
         out["loss"].backward()
         opt.step()
     assert loss() < 0.7 * before
+
+
+def test_coverage_loss_pulls_unused_codewords_to_the_data():
+    from raqcodec.models.quantizer import coverage_loss
+
+    vectors = torch.randn(1, 50, 4)
+    assert float(coverage_loss(vectors, vectors[:, :10].clone())) < 1e-5
+    far = (vectors[:, :10] + 10.0).requires_grad_(True)
+    loss = coverage_loss(vectors, far)
+    loss.backward()
+    assert float(loss) > 1.0 and float(far.grad.abs().sum()) > 0

@@ -28,6 +28,7 @@ class ModelConfig:
     beta: float = 0.25  # commitment weight
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.03  # EMA usage below which a base code is restarted from an encoder output
+    coverage_weight: float = 0.25  # weight of the generated-codebook coverage term (0: the paper's loss)
 
     @property
     def group_dim(self) -> int:

@@ -66,6 +66,18 @@ def quantize_with(z: torch.Tensor, codebook: torch.Tensor, beta: float) -> tuple
     return merge_groups(straight, b, h, w), indices, loss
 
 
+def coverage_loss(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Mean over codewords of the squared distance to the NEAREST vector, per element.
+
+    vectors (G, N, dg) (detached encoder outputs), codebook (G, n, dg) -> scalar. The codebook term of
+    quantize_with only moves codewords that some vector chose; this term also pulls every unused codeword
+    toward the data, so large generated codebooks do not keep dead rows.
+    """
+    dist = (codebook * codebook).sum(-1, keepdim=True) - 2.0 * torch.bmm(codebook, vectors.transpose(1, 2)) \
+        + (vectors * vectors).sum(-1).unsqueeze(1)  # (G, n, N)
+    return dist.min(-1).values.clamp_min(0).mean() / codebook.shape[-1]
+
+
 class EMACodebook(nn.Module):
     """G base codebooks of K codewords, trained by exponential moving averages (no gradient).
 

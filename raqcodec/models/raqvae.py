@@ -9,7 +9,8 @@ Seo & Kang, "Rate-Adaptive Quantization: A Multi-Rate Codebook Adaptation for VQ
 
 Training (`forward`) runs both branches on the same z: the base codebooks (EMA-updated) and a generated
 codebook of a sampled eK, through one shared decoder; loss = MSE(x_hat_e, x) + MSE(x_hat_e~, x) + VQ terms
-(L_VQ + L_RAQ, all weights 1, as the paper).
+(L_VQ + L_RAQ, all weights 1, as the paper) + a coverage term on the generated codebook (not in the paper:
+it pulls unused generated codewords toward the encoder outputs; `coverage_weight=0` switches it off).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from torch import nn
 from raqcodec.models.config import ModelConfig
 from raqcodec.models.generator import CodebookGenerator
 from raqcodec.models.model_based import resize_codebook
-from raqcodec.models.quantizer import EMACodebook, lookup, merge_groups, nearest_indices, quantize_with, split_groups
+from raqcodec.models.quantizer import (EMACodebook, coverage_loss, lookup, merge_groups, nearest_indices, quantize_with,
+                                       split_groups)
 from raqcodec.models.transforms import build_transforms
 
 CODEBOOK_METHODS = ("data", "model")
@@ -104,7 +106,7 @@ class RAQVAE(nn.Module):
         """Training step on x (B, 3, H, W) in [0, 1] with a generated codebook of eK = size.
 
         Returns the total loss and its parts: mse_base, mse_adapted (mean squared error, [0,1] pixels),
-        vq_base, vq_adapted, and the per-group base-codebook indices (for usage statistics).
+        vq_base, vq_adapted, coverage, and the per-group base-codebook indices (for usage statistics).
         """
         z = self.analysis(x)
         b, _, h, w = z.shape
@@ -118,10 +120,11 @@ class RAQVAE(nn.Module):
 
         adapted = self.generator(self.base.embed, size)
         z_q_adapted, _, vq_adapted = quantize_with(z, adapted, self.cfg.beta)
+        coverage = self.cfg.coverage_weight * coverage_loss(vectors.detach(), adapted)
 
         x_hat = self.synthesis(torch.cat([z_q_base, z_q_adapted]))
         x_base, x_adapted = x_hat[:b], x_hat[b:]
         mse_base, mse_adapted = F.mse_loss(x_base, x), F.mse_loss(x_adapted, x)
-        loss = mse_base + mse_adapted + vq_base + vq_adapted
+        loss = mse_base + mse_adapted + vq_base + vq_adapted + coverage
         return {"loss": loss, "mse_base": mse_base, "mse_adapted": mse_adapted, "vq_base": vq_base,
-                "vq_adapted": vq_adapted, "base_indices": base_idx}
+                "vq_adapted": vq_adapted, "coverage": coverage, "base_indices": base_idx}
