@@ -207,3 +207,35 @@ def evaluate_cmd(folder, model_path, codebook_sizes, method, limit, json_out, de
         doc = {"model": str(model_path or "default"), "dataset": str(folder), "method": method,
                "results": [r.to_json() for r in results]}
         Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
+
+
+@main.command("rd")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--out", "out_png", type=click.Path(dir_okay=False), default=None, help="Plot to write (PNG).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Curves and BD table (JSON).")
+@click.option("--model", "model_paths", multiple=True, type=click.Path(dir_okay=False),
+              help="Model file for the raq curve; repeat for one curve per model (default: the shipped model).")
+@click.option("--codecs", default="raq,jpeg,webp,avif", show_default=True,
+              help="Codecs to measure, comma-separated: raq, jpeg, webp, avif.")
+@click.option("--anchors", "anchor_paths", multiple=True, type=click.Path(dir_okay=False),
+              help="Published curve (CompressAI JSON); repeat for several.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images by name.")
+@click.option("--reference", default="jpeg", show_default=True, help="Curve the BD metrics are measured against.")
+@click.option("--codebook-sizes", default=None,
+              help="eK sweep of the raq curves, comma-separated (default: 16..4096 in 18 steps), "
+                   "clipped to each model's range.")
+@device_option
+def rd_cmd(folder, out_png, json_out, model_paths, codecs, anchor_paths, limit, reference, codebook_sizes,
+           device) -> None:
+    """Rate-distortion curves (PSNR and MS-SSIM vs bpp) of raqcodec and Pillow codecs, BD table and plot."""
+    from raqcodec.rd import RAQ_SIZES, parse_sizes, run_rd, split_list
+
+    sizes = RAQ_SIZES if codebook_sizes is None else parse_sizes(codebook_sizes)
+    result = run_rd(folder, models=model_paths, codecs=split_list(codecs, "--codecs"),
+                    anchors=anchor_paths, limit=limit, reference=reference, sizes=sizes, device=device,
+                    out_png=out_png, out_json=json_out)
+    click.echo(result.markdown())
+
+
+if __name__ == "__main__":
+    main()

@@ -256,15 +256,18 @@ def encode_indices(indices: np.ndarray, alphabet_size: int, entropy_model: int) 
     k = _check_alphabet(alphabet_size)
     model = _check_model(entropy_model)
     arr = _check_indices(indices, k)
-    groups = arr.reshape(arr.shape[0], -1)
+    return _encode(arr.reshape(arr.shape[0], -1), k, model, choices=None)
 
+
+def _encode(groups: np.ndarray, k: int, model: int, choices: list[int] | None) -> bytes:
+    """Range-code groups (G, n) of indices; `choices`: the adaptive increment per group, None to pick the best."""
     encoder = _RangeEncoder()
     if model == UNIFORM:
         encoder.encode(groups.reshape(-1), _Categorical(_uniform_probs(k), perfect=False))
     else:
         choice_model = _Categorical(_uniform_probs(len(INCREMENTS)), perfect=False)
-        for sym in groups:
-            choice = int(np.argmin(_adaptive_costs(sym, k)))
+        for g, sym in enumerate(groups):
+            choice = int(np.argmin(_adaptive_costs(sym, k))) if choices is None else choices[g]
             encoder.encode(np.array([choice], dtype=np.int32), choice_model)
             for start, stop, probs in _adaptive_tables(sym, k, INCREMENTS[choice]):
                 encoder.encode(sym[start:stop], _Categorical(probs, perfect=False))
@@ -294,6 +297,7 @@ def decode_indices(
     n_groups, per_group = dims[0], dims[1] * dims[2]
 
     out = np.empty((n_groups, per_group), dtype=np.int32)
+    choices: list[int] = []
     try:
         decoder = _RangeDecoder(words)
         if model == UNIFORM:
@@ -307,6 +311,7 @@ def decode_indices(
                 choice = int(np.asarray(decoder.decode(choice_model, 1))[0])
                 if not 0 <= choice < len(INCREMENTS):
                     raise CodecError("corrupt payload: bad adaptation parameter")
+                choices.append(choice)
                 for start, stop, probs in _adaptive_tables(sym, k, INCREMENTS[choice]):
                     sym[start:stop] = decoder.decode(
                         _Categorical(probs, perfect=False), stop - start
@@ -318,8 +323,9 @@ def decode_indices(
     if int(out.min()) < 0 or int(out.max()) >= k:
         raise CodecError("corrupt payload: decoded index out of range")
     # The range decoder reads zeros past the end of the data and never fails on garbage, so a payload is
-    # accepted only if it is exactly what the encoder writes for the decoded indices (payloads are canonical).
-    if encode_indices(out.reshape(dims), k, model) != payload:
+    # accepted only if re-encoding the decoded indices (with the increments read from the stream, so no float
+    # comparison is involved) gives it back byte for byte.
+    if _encode(out, k, model, choices or None) != payload:
         raise CodecError("corrupt payload: it does not match the decoded indices")
     return out.reshape(dims)
 

@@ -77,3 +77,21 @@ def test_existing_output_needs_force(tiny_model, photo, tmp_path):
     assert out.read_bytes() == b"keep"
     res = run("compress", photo, out, "--codebook-size", 16, "--model", tiny_model.path, "--force")
     assert res.exit_code == 0 and out.read_bytes() != b"keep"
+
+
+def test_empty_file_directory_and_unwritable_output(tiny_model, photo, tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    out = tmp_path / "e.raq"
+    _fails_cleanly(run("compress", empty, out, "--codebook-size", 16, "--model", tiny_model.path), out)
+    empty_raq = tmp_path / "empty.raq"
+    empty_raq.write_bytes(b"")
+    _fails_cleanly(run("decompress", empty_raq, tmp_path / "e.png", "--model", tiny_model.path), tmp_path / "e.png")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _fails_cleanly(run("info", folder))
+    _fails_cleanly(run("decompress", folder, tmp_path / "outdir", "--model", tiny_model.path))  # no .raq inside
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    _fails_cleanly(run("compress", photo, blocker / "x.raq", "--codebook-size", 16, "--model", tiny_model.path))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left

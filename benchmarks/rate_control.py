@@ -1,0 +1,81 @@
+"""Rate control and entropy-coding efficiency on an image folder (issue: the .raq codec).
+
+    .venv/bin/python benchmarks/rate_control.py ../shared/data/kodak --targets 0.2,0.3,0.4,0.5
+
+For every image and target bpp: the eK chosen, the whole-file bpp and its ratio to the target. For every
+encode: payload bits per index against log2(eK) and against the ideal code length under the coder's own
+probabilities. Prints JSON (also written to --json) and a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from raqcodec import entropy
+from raqcodec.codec import analyse, choose_codebook_size, get_model
+from raqcodec.data import list_images
+from raqcodec.errors import CodecError
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder")
+    parser.add_argument("--targets", default="0.2,0.3,0.4,0.5")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--json", default="benchmarks/results/rate_control.json")
+    args = parser.parse_args()
+    targets = [float(t) for t in args.targets.split(",")]
+    model = get_model(args.model, "auto")
+    rows = []
+    for path in list_images(args.folder)[: args.limit]:
+        latent = analyse(model, path)
+        for target in targets:
+            row = {"image": path.name, "target": target}
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    enc = choose_codebook_size(model, latent, target)
+            except CodecError as exc:
+                row.update(error=str(exc))
+                rows.append(row)
+                continue
+            ideal = entropy.ideal_code_length_bits(enc.indices, enc.header.codebook_size, enc.header.entropy_model)
+            payload_bits = enc.header.payload_length * 8
+            row.update(codebook_size=enc.header.codebook_size, bpp=enc.bpp, ratio=enc.bpp / target,
+                       capped=bool(caught), bits_per_index=payload_bits / enc.indices.size,
+                       log2_ek=math.log2(enc.header.codebook_size), ideal_bits_per_index=ideal / enc.indices.size,
+                       payload_over_ideal=payload_bits / ideal)
+            rows.append(row)
+            print(json.dumps(row))
+    summary = {}
+    for target in targets:
+        ok = [r for r in rows if r["target"] == target and "bpp" in r]
+        inside = [r for r in ok if not r["capped"]]
+        summary[str(target)] = {
+            "images": len([r for r in rows if r["target"] == target]), "encoded": len(ok),
+            "capped_at_max_eK": len(ok) - len(inside), "below_min": len([r for r in rows if r["target"] == target and "error" in r]),
+            "ratio_min": min((r["ratio"] for r in inside), default=None), "ratio_max": max((r["ratio"] for r in inside), default=None),
+            "ratio_mean": float(np.mean([r["ratio"] for r in inside])) if inside else None,
+            "all_within_0.9_1.0": all(0.9 <= r["ratio"] <= 1.0 for r in inside) if inside else None}
+    coded = [r for r in rows if "bpp" in r]
+    summary["payload_over_ideal_max"] = max(r["payload_over_ideal"] for r in coded)
+    Path(args.json).write_text(json.dumps({"summary": summary, "rows": rows}, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    print("| image | " + " | ".join(f"{t} bpp: eK / achieved" for t in targets) + " |")
+    print("|---|" + "---|" * len(targets))
+    for name in sorted({r["image"] for r in rows}):
+        cells = []
+        for t in targets:
+            r = next(r for r in rows if r["image"] == name and r["target"] == t)
+            cells.append(f"{r['codebook_size']} / {r['bpp']:.4f}{' (max eK)' if r['capped'] else ''}" if "bpp" in r else "below min")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
