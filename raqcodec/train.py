@@ -107,19 +107,27 @@ def train(opts: TrainOptions) -> RAQVAE:
     prior = getattr(model, "init_metadata", {})
     step, elapsed = int(prior.get("steps", 0)), float(prior.get("train_seconds", 0.0))
     history: list[dict] = list(prior.get("validation", []))
+    lr_schedule: list[list] = list(prior.get("lr_schedule", []))  # [first step, learning rate] per sitting
     ckpt_path = Path(opts.out).with_suffix(".ckpt")
     if opts.resume and ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:  # the learning rate asked for now, not the checkpoint's
+            group["lr"] = opts.lr
         step, elapsed, history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
+        lr_schedule = ckpt.get("lr_schedule", [[0, ckpt["optimizer"]["param_groups"][0]["lr"]]])
         sampler.set_state(ckpt["sampler"])
         py_rng.setstate(ckpt["py_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
 
+    if not lr_schedule or lr_schedule[-1][1] != opts.lr:
+        lr_schedule.append([step, opts.lr])
+
     def metadata() -> dict:
         return {"data": [str(s) for s in opts.sources], "val": opts.val_source, "steps": step,
                 "train_seconds": round(elapsed, 1), "batch": opts.batch, "crop": opts.crop, "lr": opts.lr,
+                "lr_schedule": lr_schedule,
                 "seed": opts.seed, "codebook_size_sampling": "log-uniform integer", "git_commit": git_commit(),
                 "validation": history, "codebook_range": [cfg.min_codebook_size, cfg.max_codebook_size]}
 
@@ -128,7 +136,7 @@ def train(opts: TrainOptions) -> RAQVAE:
             sizes = (cfg.min_codebook_size, cfg.base_codebook_size, cfg.max_codebook_size)
             history.append({"step": step, "psnr": {str(k): round(v, 3) for k, v in validate(model, val_crops, sizes).items()}})
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "elapsed": elapsed, "history": history, "sampler": sampler.state(),
+                    "elapsed": elapsed, "history": history, "lr_schedule": lr_schedule, "sampler": sampler.state(),
                     "py_rng": py_rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt_path.with_suffix(".tmp"))
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)
         save_model(model, opts.out, metadata())
