@@ -116,7 +116,7 @@ def choose_codebook_size(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if trial(mid).bpp <= bpp else (lo, mid)
     best = lo
-    for size in range(hi + 1, min(hi + 8, cfg.max_codebook_size) + 1):
+    for size in range(hi + 1, min(hi + 4, cfg.max_codebook_size) + 1):
         if trial(size).bpp <= bpp:
             best = size
     return trial(best)

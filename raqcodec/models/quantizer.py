@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Elements of the (G, rows, n) distance matrix computed at once: bounds memory at ~256 MB of float32.
-_DISTANCE_CHUNK_ELEMENTS = 1 << 26
+# Elements of the (G, rows, n) distance matrix computed at once: bounds memory at ~64 MB of float32.
+_DISTANCE_CHUNK_ELEMENTS = 1 << 24
 
 
 def split_groups(z: torch.Tensor, groups: int) -> torch.Tensor:
