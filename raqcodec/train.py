@@ -41,6 +41,8 @@ class TrainOptions:
     init: str | None = None  # start from the weights of a model file (e.g. the shipped model)
     device: str = "cpu"
     split: str = "train"  # split of a CIFAR-10 zip source
+    holdout: int = 0  # validate on the last `holdout` training images (taken out of training) instead of val_source
+    keep_best: bool = False  # write the model file only when the mean validation PSNR improves
     config_overrides: dict = field(default_factory=dict)
 
 
@@ -64,12 +66,13 @@ def psnr_from_mse(mse: float) -> float:
 
 @torch.no_grad()
 def validate(model: RAQVAE, crops: torch.Tensor, sizes: tuple[int, ...]) -> dict[int, float]:
-    """PSNR (dB, [0,1] pixels, 8-bit rounded) of val crops (N, 3, S, S) per eK, generated codebooks."""
+    """PSNR (dB, [0,1] pixels, 8-bit rounded) of val crops (N, 3, S, S) per eK, generated codebooks
+    (the base codebook, whatever the size, for a fixed-rate model)."""
     was_training = model.training
     model.eval()
     out = {}
     for size in sizes:
-        codebook = model.codebook(size)
+        codebook = model.codebook(size) if model.cfg.adaptive else model.base.embed
         mses = []
         for chunk in crops.split(8):
             chunk = chunk.to(model.base.embed.device)
@@ -98,8 +101,12 @@ def train(opts: TrainOptions) -> RAQVAE:
     py_rng = random.Random(opts.seed)
     device = torch.device(opts.device)
     images = [img for src in opts.sources for img in load_source(src, opts.split)]
+    if opts.holdout:
+        images, held = images[:-opts.holdout], images[-opts.holdout:]
+        val_crops = center_crops(held, min(min(im.shape[:2]) for im in held))
+    else:
+        val_crops = center_crops(load_source(opts.val_source), 256)[:32] if opts.val_source else None
     sampler = CropSampler(images, opts.crop, opts.seed)
-    val_crops = center_crops(load_source(opts.val_source), 256)[:32] if opts.val_source else None
 
     model = _build_model(opts).to(device)
     cfg = model.cfg
@@ -132,21 +139,27 @@ def train(opts: TrainOptions) -> RAQVAE:
                 "validation": history, "codebook_range": [cfg.min_codebook_size, cfg.max_codebook_size]}
 
     def checkpoint() -> None:
+        improved = True
         if val_crops is not None:
-            sizes = (cfg.min_codebook_size, cfg.base_codebook_size, cfg.max_codebook_size)
-            history.append({"step": step, "psnr": {str(k): round(v, 3) for k, v in validate(model, val_crops, sizes).items()}})
+            sizes = (cfg.min_codebook_size, cfg.base_codebook_size, cfg.max_codebook_size) if cfg.adaptive \
+                else (cfg.base_codebook_size,)
+            psnrs = validate(model, val_crops, sizes)
+            mean = float(np.mean(list(psnrs.values())))
+            improved = not history or mean > max(np.mean(list(h["psnr"].values())) for h in history)
+            history.append({"step": step, "psnr": {str(k): round(v, 3) for k, v in psnrs.items()}})
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                     "elapsed": elapsed, "history": history, "lr_schedule": lr_schedule, "sampler": sampler.state(),
                     "py_rng": py_rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt_path.with_suffix(".tmp"))
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)
-        save_model(model, opts.out, metadata())
+        if improved or not opts.keep_best:
+            save_model(model, opts.out, metadata())
 
     model.train()
     start, last_ckpt = time.monotonic(), time.monotonic()
     base_elapsed = elapsed
     bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
     while step < opts.steps and elapsed - base_elapsed < opts.minutes * 60:
-        size = sample_codebook_size(py_rng, cfg.min_codebook_size, cfg.max_codebook_size)
+        size = sample_codebook_size(py_rng, cfg.min_codebook_size, cfg.max_codebook_size) if cfg.adaptive else None
         x = sampler.sample(opts.batch).to(device)
         out = model(x, size)
         optimizer.zero_grad(set_to_none=True)
@@ -156,7 +169,8 @@ def train(opts: TrainOptions) -> RAQVAE:
         step += 1
         elapsed = base_elapsed + time.monotonic() - start
         bar.update(1)
-        bar.set_postfix(loss=f"{out['loss'].item():.4f}", psnr=f"{psnr_from_mse(out['mse_adapted'].item()):.2f}", eK=size)
+        shown = out["mse_adapted"] if cfg.adaptive else out["mse_base"]
+        bar.set_postfix(loss=f"{out['loss'].item():.4f}", psnr=f"{psnr_from_mse(shown.item()):.2f}", eK=size)
         if time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60:
             checkpoint()
             last_ckpt = time.monotonic()

@@ -25,6 +25,8 @@ class ModelConfig:
     generator_layers: int = 2
     generator_dropout: float = 0.1
     condition_on_size: bool = True  # False: the reference code's size-blind generator (codebooks are prefixes)
+    cross_forcing: bool = True  # False: decoder inputs are position embeddings only (the paper's "no CF" ablation)
+    adaptive: bool = True  # False: train the base branch alone (a fixed-rate VQ-VAE baseline)
     beta: float = 0.25  # commitment weight
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.03  # EMA usage below which a base code is restarted from an encoder output

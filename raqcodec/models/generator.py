@@ -16,6 +16,7 @@ Choices where the paper and its reference code disagree (see ../shared/method/ra
 * Unlike both paper and code, the generator is CONDITIONED ON eK: a learned embedding of log2(eK) is added to
   every decoder input. The reference generator ignores eK, so each codebook is a prefix of one list; here each
   size gets its own codebook. `condition_on_size=False` restores the size-blind (prefix) behaviour as an ablation.
+* `cross_forcing=False` feeds only position embeddings (the paper's ablation without cross-forcing).
 * An output projection (hidden -> dg) is added: codewords are not confined to the LSTM's (-1, 1) range, and
   the LSTM width is independent of the codeword dimension.
 """
@@ -55,7 +56,7 @@ class CodebookGenerator(nn.Module):
         k, device = base_in.shape[0], base_in.device
         t = torch.arange(size, device=device)
         prev = t - 1
-        use_code = (t >= 1) & (prev % 2 == 0) & (prev // 2 < k)
+        use_code = (t >= 1) & (prev % 2 == 0) & (prev // 2 < k) & self.cfg.cross_forcing
         code_rows = (prev // 2).clamp(0, k - 1)
         pos_rows = prev.clamp(min=0)
         from_codes = base_in[code_rows]  # (eK, G, hid)

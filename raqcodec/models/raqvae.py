@@ -102,11 +102,12 @@ class RAQVAE(nn.Module):
         return merge_groups(lookup(flat, codebook), b, h, w)
 
     # ----- training path --------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor, size: int) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, size: int | None) -> dict[str, torch.Tensor]:
         """Training step on x (B, 3, H, W) in [0, 1] with a generated codebook of eK = size.
 
-        Returns the total loss and its parts: mse_base, mse_adapted (mean squared error, [0,1] pixels),
-        vq_base, vq_adapted, coverage, and the per-group base-codebook indices (for usage statistics).
+        size None trains the base branch alone (a fixed-rate VQ-VAE). Returns the total loss and its parts:
+        mse_base, mse_adapted (mean squared error, [0,1] pixels), vq_base, vq_adapted, coverage (the adapted
+        parts are 0 when size is None), and the per-group base-codebook indices (for usage statistics).
         """
         z = self.analysis(x)
         b, _, h, w = z.shape
@@ -117,6 +118,11 @@ class RAQVAE(nn.Module):
         chosen = lookup(base_idx, self.base.embed)
         vq_base = self.cfg.beta * F.mse_loss(vectors, chosen)
         z_q_base = merge_groups(vectors + (chosen - vectors).detach(), b, h, w)
+        zero = torch.zeros((), device=x.device)
+        if size is None:
+            mse_base = F.mse_loss(self.synthesis(z_q_base), x)
+            return {"loss": mse_base + vq_base, "mse_base": mse_base, "mse_adapted": zero, "vq_base": vq_base,
+                    "vq_adapted": zero, "coverage": zero, "base_indices": base_idx}
 
         adapted = self.generator(self.base.embed, size)
         z_q_adapted, _, vq_adapted = quantize_with(z, adapted, self.cfg.beta)
