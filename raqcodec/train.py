@@ -41,7 +41,7 @@ class TrainOptions:
     init: str | None = None  # start from the weights of a model file (e.g. the shipped model)
     device: str = "cpu"
     split: str = "train"  # split of a CIFAR-10 zip source
-    holdout: int = 0  # validate on the last `holdout` training images (taken out of training) instead of val_source
+    holdout: int = 0  # validate on `holdout` random training images (taken out of training) instead of val_source
     keep_best: bool = False  # write the model file only when the mean validation PSNR improves
     config_overrides: dict = field(default_factory=dict)
 
@@ -101,8 +101,10 @@ def train(opts: TrainOptions) -> RAQVAE:
     py_rng = random.Random(opts.seed)
     device = torch.device(opts.device)
     images = [img for src in opts.sources for img in load_source(src, opts.split)]
-    if opts.holdout:
-        images, held = images[:-opts.holdout], images[-opts.holdout:]
+    if opts.holdout:  # a seeded random subset (sources may be sorted by class)
+        order = np.random.default_rng(opts.seed).permutation(len(images))
+        held = [images[i] for i in order[:opts.holdout]]
+        images = [images[i] for i in order[opts.holdout:]]
         val_crops = center_crops(held, min(min(im.shape[:2]) for im in held))
     else:
         val_crops = center_crops(load_source(opts.val_source), 256)[:32] if opts.val_source else None
