@@ -91,35 +91,38 @@ def encode_latent(model: RAQVAE, latent: Latent, codebook_size: int, codebook: t
 def choose_codebook_size(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
     """The encode with the LARGEST eK whose whole file is <= bpp bits per pixel (real trial encodes).
 
-    File size grows with eK but not strictly, so a binary search brackets the answer and a short scan upward
-    from it takes any larger eK that still fits. A target below the smallest file is a CodecError naming the
-    smallest achievable bpp; a target above the largest file gives the largest eK with a warning.
+    File size grows with eK but not strictly (each eK has its own generated codebook), so a binary search
+    brackets a boundary, then probes 2 to 20% above it look for a larger eK that still fits; when one does,
+    the search resumes above it. A target below the smallest file is a CodecError naming the smallest
+    achievable bpp; a target above the largest file gives the largest eK with a warning.
     """
     cfg = model.cfg
     trials: dict[int, Encoded] = {}
 
-    def trial(size: int) -> Encoded:
+    def fits(size: int) -> bool:
         if size not in trials:
             trials[size] = encode_latent(model, latent, size)
-        return trials[size]
+        return trials[size].bpp <= bpp
 
     lo, hi = cfg.min_codebook_size, cfg.max_codebook_size
-    if trial(lo).bpp > bpp:
+    if not fits(lo):
         raise CodecError(f"target {bpp:g} bpp is below the smallest achievable rate for this image, "
-                         f"{trial(lo).bpp:.4f} bpp (eK={lo})")
-    if trial(hi).bpp <= bpp:
-        if trial(hi).bpp < bpp:
+                         f"{trials[lo].bpp:.4f} bpp (eK={lo})")
+    if fits(hi):
+        if trials[hi].bpp < bpp:
             warnings.warn(f"target {bpp:g} bpp is above the model's largest rate for this image; "
-                          f"using the largest codebook eK={hi} ({trial(hi).bpp:.4f} bpp)", stacklevel=3)
-        return trial(hi)
-    while hi - lo > 1:  # invariant: trial(lo) fits, trial(hi) does not
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if trial(mid).bpp <= bpp else (lo, mid)
-    best = lo
-    for size in range(hi + 1, min(hi + 4, cfg.max_codebook_size) + 1):
-        if trial(size).bpp <= bpp:
-            best = size
-    return trial(best)
+                          f"using the largest codebook eK={hi} ({trials[hi].bpp:.4f} bpp)", stacklevel=3)
+        return trials[hi]
+    while True:
+        while hi - lo > 1:  # invariant: lo fits, hi does not
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+        probes = sorted({min(round(lo * f), cfg.max_codebook_size - 1) for f in (1.02, 1.05, 1.1, 1.2)} - {lo})
+        above = [size for size in probes if size > lo and fits(size)]
+        if not above:
+            return trials[lo]
+        lo = max(above)
+        hi = min(size for size, enc in trials.items() if size > lo and enc.bpp > bpp)
 
 
 def encode(image, *, bpp: float | None = None, codebook_size: int | None = None,
