@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -60,8 +59,8 @@ def main() -> None:
         out = Path(tmp) / "interrupted"
         proc = subprocess.Popen([sys.executable, "-m", "raqcodec.cli", "compress", str(src), str(out), *common,
                                  "--workers", str(args.workers)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        while not out.exists() or len(list(out.glob("*.raq"))) < 5:
-            time.sleep(0.05)
+        while not out.exists() or not any(out.iterdir()):  # interrupt as soon as the first output appears
+            time.sleep(0.005)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
         left = sorted(p.name for p in out.iterdir())
@@ -72,7 +71,8 @@ def main() -> None:
     result = {"images": args.images, "workers": args.workers, "serial_exit": serial.returncode,
               "parallel_exit": parallel.returncode, "serial_s": serial_s, "parallel_s": parallel_s,
               "identical_outputs": same, "interrupt_exit": proc.returncode,
-              "files_after_interrupt": len(left), "temp_files_left": tmp_files, "partial_or_wrong_files": partial}
+              "files_after_interrupt": len(left), "interrupted_before_the_end": len(left) < args.images,
+              "temp_files_left": tmp_files, "partial_or_wrong_files": partial}
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

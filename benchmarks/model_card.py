@@ -44,10 +44,13 @@ def main() -> None:
         "## Training", "",
         f"- Data: {', '.join(Path(d).name if Path(d).name not in ('train', 'test') else 'bsds500/' + Path(d).name for d in meta['data'])} "
         f"(BSDS500 train + test, 400 photos); validation on bsds500/val (32 central 256x256 crops).",
-        f"- {meta['steps']:,} steps, batch {meta['batch']} random {meta['crop']}x{meta['crop']} crops with flips, Adam lr {meta['lr']}, "
+        f"- {meta['steps']:,} steps, batch {meta['batch']} random {meta['crop']}x{meta['crop']} crops with flips, Adam with "
+        f"learning rate {', '.join(f'{lr:g} from step {start}' for start, lr in meta.get('lr_schedule', [[0, meta['lr']]]))}, "
         f"eK per step {meta['codebook_size_sampling']}; {hours:.2f} h wall-clock on 2 CPU cores; seed {meta['seed']}; "
         f"code commit {meta['git_commit'][:12]}.",
     ]
+    parts.append("- The coverage term of the generated codebooks (`coverage_weight`) was switched on at step 1,104 of this "
+                 "run; `bin/train-default-model` uses it from the start.")
     if last_val:
         parts.append(f"- Last validation (step {last_val['step']}), PSNR dB by eK: {last_val['psnr']}.")
     for name, title in (("kodak_eval_data.json", "Kodak, data-driven RAQ (the codec's codebooks)"),
@@ -56,7 +59,8 @@ def main() -> None:
         if path.exists():
             parts += ["", f"## {title}", "", "Measured with `.venv/bin/raq eval ../shared/data/kodak "
                       f"--method {'data' if 'data' in name else 'model'} --json benchmarks/results/{name}` "
-                      "(24 images, mean per image; bpp counts the whole .raq file).", "", table(path)]
+                      "(24 images, mean per image; bpp counts the whole .raq file; perplexity and usage over the whole set, "
+                      "mean of the 4 groups).", "", table(path)]
     (ROOT / "models" / "MODEL_CARD.md").write_text("\n".join(parts) + "\n")
     print((ROOT / "models" / "MODEL_CARD.md").read_text())
 
