@@ -7,9 +7,14 @@ normalised its training and test splits differently; here there is one conventio
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
-from compressai.layers import GDN, ResidualBlock
 from torch import nn
+
+with warnings.catch_warnings():  # compressai 1.2.8 calls the deprecated torch.jit.script at import time
+    warnings.simplefilter("ignore", FutureWarning)
+    from compressai.layers import GDN, ResidualBlock
 
 from raqcodec.models.config import ModelConfig
 
