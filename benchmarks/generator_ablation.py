@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
@@ -19,24 +18,9 @@ import numpy as np
 import torch
 
 from raqcodec.data import load_source
-from raqcodec.train import TrainOptions, train
+from raqcodec.train import TrainOptions, train, validate
 
 SIZES = (16, 32, 64, 128, 256, 512, 1024)
-
-
-@torch.no_grad()
-def psnr_by_size(model, images: torch.Tensor) -> dict[int, float]:
-    out = {}
-    for size in SIZES:
-        codebook = model.codebook(size)
-        values = []
-        for chunk in images.split(256):
-            x_hat = model.synthesis(model.dequantize(model.quantize(model.analysis(chunk), codebook), codebook))
-            x_hat = (x_hat.clamp(0, 1) * 255).round() / 255
-            mse = ((x_hat - chunk) ** 2).flatten(1).mean(1)
-            values += [10 * math.log10(1 / max(m, 1e-12)) for m in mse.tolist()]
-        out[size] = float(np.mean(values))
-    return out
 
 
 def main() -> None:
@@ -58,7 +42,7 @@ def main() -> None:
                                    steps=args.steps, batch=args.batch, crop=32, lr=5e-4, seed=0,
                                    checkpoint_minutes=10, resume=True,
                                    config_overrides={"condition_on_size": conditioned}))
-        rows[name] = {"train_s": time.perf_counter() - start, "psnr": psnr_by_size(model, images)}
+        rows[name] = {"train_s": time.perf_counter() - start, "psnr": validate(model, images, SIZES)}
         print(name, rows[name])
     result = {"budget": f"{args.steps} steps x batch {args.batch} (32x32 CIFAR-10 train), seed 0, per model",
               "test_images": len(test), "sizes": list(SIZES), "rows": rows,

@@ -95,3 +95,19 @@ def test_empty_file_directory_and_unwritable_output(tiny_model, photo, tmp_path)
     blocker.write_text("a file where a folder should be")
     _fails_cleanly(run("compress", photo, blocker / "x.raq", "--codebook-size", 16, "--model", tiny_model.path))
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+def test_eval_writes_the_json_schema(tiny_model, photo, tmp_path):
+    out = tmp_path / "eval.json"
+    res = run("eval", photo.parent, "--model", tiny_model.path, "--codebook-sizes", "16,64", "--json", out)
+    assert res.exit_code == 0, res.output
+    assert "| 16 |" in res.output and "| 64 |" in res.output
+    import json
+
+    doc = json.loads(out.read_text())
+    assert set(doc) >= {"model", "dataset", "results"}
+    rows = doc["results"]
+    assert [r["codebook_size"] for r in rows] == [16, 64]
+    for r in rows:
+        assert {"bpp", "psnr", "ms_ssim", "perplexity", "usage"} <= set(r)
+        assert 0 < r["bpp"] and r["usage"] <= r["codebook_size"]
