@@ -23,6 +23,7 @@ from raqcodec.modelfile import cached_model, fingerprint, resolve_device
 from raqcodec.models import RAQVAE
 from raqcodec.tiling import analysis_tiled, synthesis_tiled
 
+
 def get_model(model: RAQVAE | str | os.PathLike | None, device: str = "auto") -> RAQVAE:
     """A model instance: given, or loaded (and kept in memory) from a path, or the shipped default."""
     dev = resolve_device(device)

@@ -45,8 +45,8 @@ def evaluate(model: RAQVAE, folder: str | Path, sizes: list[int], *, limit: int 
     paths = list_images(folder)[:limit]
     if not paths:
         raise ValueError(f"no images in {folder}")
-    latents: list[Latent] = [analyse(model, p) for p in tqdm(paths, desc="analyse", disable=not progress)]
-    originals = [load_image(p)[0] for p in paths]
+    originals = [load_image(p)[0] for p in paths]  # (H, W, 3) uint8, each file decoded once
+    latents: list[Latent] = [analyse(model, px) for px in tqdm(originals, desc="analyse", disable=not progress)]
     results = []
     for size in tqdm(sizes, desc="eK", disable=not progress):
         table = model.codebook(size, method)
