@@ -47,28 +47,32 @@ def evaluate(model: RAQVAE, folder: str | Path, sizes: list[int], *, limit: int 
         raise ValueError(f"no images in {folder}")
     originals = [load_image(p)[0] for p in paths]  # (H, W, 3) uint8, each file decoded once
     latents: list[Latent] = [analyse(model, px) for px in tqdm(originals, desc="analyse", disable=not progress)]
-    results = []
-    for size in tqdm(sizes, desc="eK", disable=not progress):
-        table = model.codebook(size, method)
-        counts = np.zeros((model.cfg.groups, size), dtype=np.int64)
-        bpps, psnrs, ssims, index_bits, n_index = [], [], [], 0.0, 0
-        for latent, original in zip(latents, originals):
-            enc = encode_latent(model, latent, size, table)
-            for g in range(model.cfg.groups):
-                counts[g] += np.bincount(enc.indices[g].ravel(), minlength=size)
-            index_bits += enc.header.payload_length * 8
-            n_index += enc.indices.size
-            decoded = reconstruct(model, enc.indices, size, latent.width, latent.height, table)
-            bpps.append(enc.bpp)
-            psnrs.append(psnr(original, decoded))
-            ssims.append(ms_ssim_db(original, decoded))
-        stats = [code_statistics(c) for c in counts]
-        results.append(SizeResult(
-            codebook_size=size, bpp=float(np.mean(bpps)), raw_bpp=model.cfg.raw_bpp(size),
-            psnr=float(np.mean(psnrs)), ms_ssim=float(np.mean(ssims)),
-            perplexity=float(np.mean([s[0] for s in stats])), usage=float(np.mean([s[1] for s in stats])),
-            bits_per_index=index_bits / n_index))
-    return results
+    return [evaluate_table(model, latents, originals, size, model.codebook(size, method))
+            for size in tqdm(sizes, desc="eK", disable=not progress)]
+
+
+@torch.no_grad()
+def evaluate_table(model: RAQVAE, latents: list[Latent], originals: list[np.ndarray], size: int,
+                   table: torch.Tensor) -> SizeResult:
+    """Code and decode every analysed image with one (G, size, dg) codebook; mean results over the set."""
+    counts = np.zeros((model.cfg.groups, size), dtype=np.int64)
+    bpps, psnrs, ssims, index_bits, n_index = [], [], [], 0.0, 0
+    for latent, original in zip(latents, originals):
+        enc = encode_latent(model, latent, size, table)
+        for g in range(model.cfg.groups):
+            counts[g] += np.bincount(enc.indices[g].ravel(), minlength=size)
+        index_bits += enc.header.payload_length * 8
+        n_index += enc.indices.size
+        decoded = reconstruct(model, enc.indices, size, latent.width, latent.height, table)
+        bpps.append(enc.bpp)
+        psnrs.append(psnr(original, decoded))
+        ssims.append(ms_ssim_db(original, decoded))
+    stats = [code_statistics(c) for c in counts]
+    return SizeResult(
+        codebook_size=size, bpp=float(np.mean(bpps)), raw_bpp=model.cfg.raw_bpp(size),
+        psnr=float(np.mean(psnrs)), ms_ssim=float(np.mean(ssims)),
+        perplexity=float(np.mean([s[0] for s in stats])), usage=float(np.mean([s[1] for s in stats])),
+        bits_per_index=index_bits / n_index)
 
 
 def markdown_table(results: list[SizeResult]) -> str:

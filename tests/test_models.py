@@ -114,4 +114,4 @@ def test_coverage_loss_pulls_unused_codewords_to_the_data():
     far = (vectors[:, :10] + 10.0).requires_grad_(True)
     loss = coverage_loss(vectors, far)
     loss.backward()
-    assert float(loss) > 1.0 and float(far.grad.abs().sum()) > 0
+    assert loss.item() > 1.0 and float(far.grad.abs().sum()) > 0
