@@ -24,7 +24,6 @@ Writes benchmarks/results/baselines.{json,md,png}.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 from scipy.cluster.vq import kmeans2
 
 import factorized_baseline
+from outputs import plot_methods, write_outputs
 from raqcodec.codec import analyse
 from raqcodec.data import list_images, load_source
 from raqcodec.evaluate import SizeResult, evaluate_table
@@ -177,23 +177,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for method in dict.fromkeys(r["method"] for r in rows):
-        pts = sorted((r["bpp"], r["psnr"]) for r in rows if r["method"] == method)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method,
-                linestyle="--" if method == "raq_shipped" else "-")
-    ax.set_xlabel("bits per pixel (whole file)")
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title("Kodak: baselines at equal training budget (eK/K = 64, 256, 1024)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    plot_methods(rows, "bpp", path, xlabel="bits per pixel (whole file)", dashed=("raq_shipped",),
+                 title="Kodak: baselines at equal training budget (eK/K = 64, 256, 1024)")
 
 
 def main() -> None:
@@ -217,12 +202,7 @@ def main() -> None:
     doc = {"budget": f"{args.minutes} min training wall-clock per model, 2 CPU threads, one model at a time; "
                      "64x64 crops of BSDS500 train+test, batch 16, lr 2e-4; raq_shipped: see models/MODEL_CARD.md",
            "trained": budgets(Path(args.workdir)), "rows": rows}
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    out.with_suffix(".md").write_text(doc["budget"] + "\n\n" + markdown(rows) + "\n")
-    plot(rows, out.with_suffix(".png"))
-    print(markdown(rows))
-
+    write_outputs(doc, markdown(rows), Path(args.out), lambda path: plot(rows, path))
 
 if __name__ == "__main__":
     main()

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from speed_memory import codebook_generation
+
 COLD_SNIPPET = """
 import time, sys, json
 import raqcodec
@@ -59,14 +61,7 @@ def main() -> None:
               "compress_cached_s": best(lambda: encode(args.image, codebook_size=args.codebook_size)),
               "decompress_cached_s": best(lambda: raqcodec.decompress(data)),
               "compress_bpp_target_s": best(lambda: encode(args.image, bpp=args.bpp)), "bpp_target": args.bpp}
-    gen = {}
-    for size in (16, 256, 4096):
-        model.clear_codebook_cache()
-        t = time.perf_counter()
-        model.codebook(size)
-        cold_s = time.perf_counter() - t
-        gen[str(size)] = {"cold_s": cold_s, "cached_s": best(lambda: model.codebook(size))}
-    result["codebook_generation"] = gen
+    result["codebook_generation"] = codebook_generation()
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

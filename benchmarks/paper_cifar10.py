@@ -17,7 +17,6 @@ usage of the codes over the WHOLE test set. Writes benchmarks/results/cifar10_ta
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from pytorch_msssim import ssim
 
+from outputs import plot_methods, write_outputs
 from raqcodec.data import load_source
 from raqcodec.metrics import code_statistics
 from raqcodec.modelfile import load_model, read_model_file
@@ -126,23 +126,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    for method in sorted({r["method"] for r in rows}):
-        pts = sorted((r["codebook_size"], r["psnr"]) for r in rows if r["method"] == method)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("codebook size eK")
-    ax.set_ylabel("PSNR (dB)")
-    ax.set_title("CIFAR-10 test set, paper configuration")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
+    plot_methods(rows, "codebook_size", path, xlabel="codebook size eK", log2_x=True,
+                 title="CIFAR-10 test set, paper configuration")
 
 
 def main() -> None:
@@ -171,12 +156,7 @@ def main() -> None:
              for name in models if (Path(args.workdir) / f"{name}.pt").exists()}
     doc = {"budget": f"{args.steps} steps x batch {args.batch} per model (CIFAR-10 train minus {args.holdout} held out; "
                      f"checkpoint with the best held-out PSNR, steps of the kept checkpoints: {steps})", "rows": rows}
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
-    out.with_suffix(".md").write_text(doc["budget"] + "\n\n" + markdown(rows) + "\n")
-    plot(rows, out.with_suffix(".png"))
-    print(markdown(rows))
-
+    write_outputs(doc, markdown(rows), Path(args.out), lambda path: plot(rows, path))
 
 if __name__ == "__main__":
     main()
