@@ -5,12 +5,15 @@
     .venv/bin/python benchmarks/paper_cifar10.py ... --evaluate-only          # table from the models trained so far
 
 Every model is the paper configuration (f=4, C=128, d=64, one codebook; `named_config("paper")`) trained for the
-same number of steps and batch size on the CIFAR-10 training split minus its last --holdout images, which pick
-the checkpoint (the reference code picked checkpoints on the test split). Training is resumable and runs one
+same number of steps and batch size on the CIFAR-10 training split minus a seeded random --holdout images, which
+pick the checkpoint (the reference code picked checkpoints on the test split). Training is resumable and runs one
 model at a time. Rows, each evaluated on the test split at eK in {16, ..., 1024}:
   fixed (a VQ-VAE per K), raq (data-driven, base K=128), raq_no_cf (without cross-forcing),
   model_based_k128 (DKM down / IKM up from fixed K=128), model_based_k1024 (DKM down from fixed K=1024),
   random_subset and topk_used (rows of the fixed K=1024 codebook; usage counted on the training split).
+Ablations (under "ablations" in the JSON, so that "rows" keeps its schema): raq_uniform_ek, RAQ trained with eK
+drawn uniformly over the integers as the reference code does (raqcodec draws it log-uniformly); and
+raq_base_codebook, the RAQ model's own base codebook at eK = K = 128 (what the reference code uses at eK = K).
 Metrics: PSNR (dB, per image, mean), single-scale SSIM (pytorch_msssim, per image, mean), and perplexity and
 usage of the codes over the WHOLE test set. Writes benchmarks/results/cifar10_table.{json,md,png}.
 """
@@ -34,9 +37,12 @@ from raqcodec.train import TrainOptions, train
 SIZES = (16, 32, 64, 128, 256, 512, 1024)
 FIXED = {f"fixed_{k}": {"base_codebook_size": k, "adaptive": False} for k in SIZES}
 ADAPTIVE = {"raq": {}, "raq_no_cf": {"cross_forcing": False}}
+ABLATIONS = {"raq_uniform_ek": "uniform"}  # name -> eK sampling rule (raqcodec.train.SIZE_SAMPLINGS)
+# The methods of the "rows" schema; other rows (ablations) go under "ablations".
+ROW_METHODS = ("fixed", "raq", "raq_no_cf", "model_based_k128", "model_based_k1024", "random_subset", "topk_used")
 # Training order: the models every row needs first, so a cut-short run still fills the table's core.
 TRAIN_ORDER = ("raq", "fixed_128", "fixed_1024", "fixed_16", "fixed_64", "fixed_256", "raq_no_cf", "fixed_32",
-               "fixed_512")
+               "fixed_512", "raq_uniform_ek")
 # Paper Table 9 (arXiv 2405.14222v2), PSNR / SSIM: VQ-VAE (K = eK), random select from K=1024, RAQ K=128, MB K=128.
 PAPER = {"fixed": {1024: (25.48, .8648), 512: (24.94, .8490), 256: (24.43, .8310), 128: (23.85, .8096),
                    64: (23.24, .7849), 32: (22.53, .7545), 16: (21.76, .7156)},
@@ -52,14 +58,14 @@ def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)
 
 
-def train_one(name: str, args, overrides: dict) -> None:
+def train_one(name: str, args, overrides: dict, size_sampling: str = "log-uniform") -> None:
     out = Path(args.workdir) / f"{name}.pt"
     ckpt = out.with_suffix(".ckpt")
     if ckpt.exists() and torch.load(ckpt, map_location="cpu", weights_only=False)["step"] >= args.steps:
         return
     train(TrainOptions(sources=[args.cifar_zip], out=str(out), config="paper", steps=args.steps, batch=args.batch,
                        crop=32, lr=5e-4, seed=args.seed, checkpoint_minutes=3, resume=True, holdout=args.holdout,
-                       keep_best=True, config_overrides=overrides))
+                       keep_best=True, config_overrides=overrides, size_sampling=size_sampling))
 
 
 @torch.no_grad()
@@ -90,10 +96,12 @@ def evaluate(args) -> list[dict]:
         if (work / f"{name}.pt").exists():
             model = load_model(work / f"{name}.pt")
             rows.append(row("fixed", model.cfg.base_codebook_size, model, test, model.base.embed))
-    for name in ADAPTIVE:
+    for name in (*ADAPTIVE, *ABLATIONS):
         if (work / f"{name}.pt").exists():
             model = load_model(work / f"{name}.pt")
             rows += [row(name, size, model, test, model.codebook(size)) for size in SIZES]
+            if name == "raq":  # the reference code uses the base codebook when eK == K
+                rows.append(row("raq_base_codebook", model.cfg.base_codebook_size, model, test, model.base.embed))
     for base_name, method in (("fixed_128", "model_based_k128"), ("fixed_1024", "model_based_k1024")):
         if (work / f"{base_name}.pt").exists():
             model = load_model(work / f"{base_name}.pt")
@@ -112,6 +120,12 @@ def evaluate(args) -> list[dict]:
             rows.append(row("random_subset", size, model, test, base[:, torch.randperm(base.shape[1], generator=gen)[:size]]))
             rows.append(row("topk_used", size, model, test, base[:, torch.from_numpy(usage_order[:size].copy())]))
     return rows
+
+
+def fixed_minus(rows: list[dict], method: str) -> dict[int, float]:
+    """PSNR of the fixed-rate model minus PSNR of `method`, per eK where both exist (dB)."""
+    psnr = {(r["method"], r["codebook_size"]): r["psnr"] for r in rows}
+    return {k: round(psnr["fixed", k] - psnr[method, k], 4) for k in SIZES if ("fixed", k) in psnr and (method, k) in psnr}
 
 
 def markdown(rows: list[dict]) -> str:
@@ -144,19 +158,29 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/cifar10_table")
     args = parser.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    models = {**FIXED, **ADAPTIVE}
+    models = {**FIXED, **ADAPTIVE, **{name: {} for name in ABLATIONS}}
     if not args.evaluate_only:
         for name in TRAIN_ORDER:
             if args.train_only in (None, name):
-                train_one(name, args, models[name])
+                train_one(name, args, models[name], ABLATIONS.get(name, "log-uniform"))
         if args.train_only:
             return
     rows = evaluate(args)
     steps = {name: read_model_file(Path(args.workdir) / f"{name}.pt")["metadata"]["steps"]
              for name in models if (Path(args.workdir) / f"{name}.pt").exists()}
+    gaps = fixed_minus(rows, "raq")
     doc = {"budget": f"{args.steps} steps x batch {args.batch} per model (CIFAR-10 train minus {args.holdout} held out; "
-                     f"checkpoint with the best held-out PSNR, steps of the kept checkpoints: {steps})", "rows": rows}
-    write_outputs(doc, markdown(rows), Path(args.out), lambda path: plot(rows, path))
+                     f"checkpoint with the best held-out PSNR, steps of the kept checkpoints: {steps})",
+           "rows": [r for r in rows if r["method"] in ROW_METHODS],
+           "ablations": [r for r in rows if r["method"] not in ROW_METHODS],
+           "psnr_gap_fixed_minus_raq_db": gaps}
+    table = markdown(rows)
+    if gaps:
+        worst = max(gaps, key=gaps.get)
+        table += (f"\n\nPSNR gap fixed - raq per eK (dB): " + ", ".join(f"{k}: {v:+.2f}" for k, v in gaps.items())
+                  + f". Largest: {gaps[worst]:.2f} dB at eK={worst}.")
+    write_outputs(doc, table, Path(args.out), lambda path: plot(rows, path))
+
 
 if __name__ == "__main__":
     main()

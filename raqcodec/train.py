@@ -3,6 +3,7 @@
 eK is drawn once per step from a LOG-UNIFORM distribution over the integers [min_codebook_size,
 max_codebook_size] (round(exp(U(log min, log max)))). The reference code draws eK uniformly over integers, which
 puts ~3/4 of the steps above 512; log-uniform gives every octave of rate the same share of training.
+`size_sampling="uniform"` trains with the reference code's rule instead (an ablation).
 """
 from __future__ import annotations
 
@@ -44,10 +45,18 @@ class TrainOptions:
     holdout: int = 0  # validate on `holdout` random training images (taken out of training) instead of val_source
     keep_best: bool = False  # write the model file only when the mean validation PSNR improves
     config_overrides: dict = field(default_factory=dict)
+    size_sampling: str = "log-uniform"  # how eK is drawn per step: "log-uniform" or "uniform" (the reference code)
 
 
-def sample_codebook_size(rng: random.Random, lo: int, hi: int) -> int:
-    """One eK, log-uniform over the integers [lo, hi]."""
+SIZE_SAMPLINGS = ("log-uniform", "uniform")
+
+
+def sample_codebook_size(rng: random.Random, lo: int, hi: int, sampling: str = "log-uniform") -> int:
+    """One eK from the integers [lo, hi]: log-uniform, or uniform (the reference code's rule)."""
+    if sampling == "uniform":
+        return rng.randint(lo, hi)
+    if sampling != "log-uniform":
+        raise ValueError(f"unknown eK sampling {sampling!r}; known: {', '.join(SIZE_SAMPLINGS)}")
     return min(hi, max(lo, round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.5))))))
 
 
@@ -137,7 +146,7 @@ def train(opts: TrainOptions) -> RAQVAE:
         return {"data": [str(s) for s in opts.sources], "val": opts.val_source, "steps": step,
                 "train_seconds": round(elapsed, 1), "batch": opts.batch, "crop": opts.crop, "lr": opts.lr,
                 "lr_schedule": lr_schedule,
-                "seed": opts.seed, "codebook_size_sampling": "log-uniform integer", "git_commit": git_commit(),
+                "seed": opts.seed, "codebook_size_sampling": f"{opts.size_sampling} integer", "git_commit": git_commit(),
                 "validation": history, "codebook_range": [cfg.min_codebook_size, cfg.max_codebook_size]}
 
     def checkpoint() -> None:
@@ -161,7 +170,8 @@ def train(opts: TrainOptions) -> RAQVAE:
     base_elapsed = elapsed
     bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
     while step < opts.steps and elapsed - base_elapsed < opts.minutes * 60:
-        size = sample_codebook_size(py_rng, cfg.min_codebook_size, cfg.max_codebook_size) if cfg.adaptive else None
+        size = (sample_codebook_size(py_rng, cfg.min_codebook_size, cfg.max_codebook_size, opts.size_sampling)
+                if cfg.adaptive else None)
         x = sampler.sample(opts.batch).to(device)
         out = model(x, size)
         optimizer.zero_grad(set_to_none=True)

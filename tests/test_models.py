@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 
 from raqcodec.data import CropSampler
@@ -115,3 +116,19 @@ def test_coverage_loss_pulls_unused_codewords_to_the_data():
     loss = coverage_loss(vectors, far)
     loss.backward()
     assert loss.item() > 1.0 and float(far.grad.abs().sum()) > 0
+
+
+def test_codebook_size_sampling_rules():
+    import random
+    import statistics
+
+    from raqcodec.train import sample_codebook_size
+
+    rng = random.Random(0)
+    log_uniform = [sample_codebook_size(rng, 16, 1024) for _ in range(4000)]
+    uniform = [sample_codebook_size(rng, 16, 1024, "uniform") for _ in range(4000)]
+    assert min(log_uniform) >= 16 and max(log_uniform) <= 1024 and min(uniform) >= 16 and max(uniform) <= 1024
+    assert 100 <= statistics.median(log_uniform) <= 156  # geometric middle of [16, 1024] is 128
+    assert 470 <= statistics.median(uniform) <= 570  # arithmetic middle is 520
+    with pytest.raises(ValueError):
+        sample_codebook_size(rng, 16, 1024, "gaussian")
