@@ -13,7 +13,9 @@ model at a time. Rows, each evaluated on the test split at eK in {16, ..., 1024}
   random_subset and topk_used (rows of the fixed K=1024 codebook; usage counted on the training split).
 Ablations (under "ablations" in the JSON, so that "rows" keeps its schema): raq_uniform_ek, RAQ trained with eK
 drawn uniformly over the integers as the reference code does (raqcodec draws it log-uniformly); and
-raq_base_codebook, the RAQ model's own base codebook at eK = K = 128 (what the reference code uses at eK = K).
+raq_base_codebook, the RAQ model's own base codebook at eK = K = 128 (what the reference code uses at eK = K);
+fixed_1024_no_restart, the K=1024 model trained without dead-code restarts (the reference code has none), with
+its own random_subset and topk_used rows (prefixed no_restart_).
 Metrics: PSNR (dB, per image, mean), single-scale SSIM (pytorch_msssim, per image, mean), and perplexity and
 usage of the codes over the WHOLE test set. Writes benchmarks/results/cifar10_table.{json,md,png}.
 """
@@ -37,12 +39,15 @@ from raqcodec.train import TrainOptions, train
 SIZES = (16, 32, 64, 128, 256, 512, 1024)
 FIXED = {f"fixed_{k}": {"base_codebook_size": k, "adaptive": False} for k in SIZES}
 ADAPTIVE = {"raq": {}, "raq_no_cf": {"cross_forcing": False}}
-ABLATIONS = {"raq_uniform_ek": "uniform"}  # name -> eK sampling rule (raqcodec.train.SIZE_SAMPLINGS)
+# Ablation models: name -> (config overrides, eK sampling rule of raqcodec.train.SIZE_SAMPLINGS).
+ABLATIONS = {"raq_uniform_ek": ({}, "uniform"),
+             "fixed_1024_no_restart": ({"base_codebook_size": 1024, "adaptive": False, "dead_code_threshold": 0.0},
+                                       "log-uniform")}
 # The methods of the "rows" schema; other rows (ablations) go under "ablations".
 ROW_METHODS = ("fixed", "raq", "raq_no_cf", "model_based_k128", "model_based_k1024", "random_subset", "topk_used")
 # Training order: the models every row needs first, so a cut-short run still fills the table's core.
 TRAIN_ORDER = ("raq", "fixed_128", "fixed_1024", "fixed_16", "fixed_64", "fixed_256", "raq_no_cf", "fixed_32",
-               "fixed_512", "raq_uniform_ek")
+               "fixed_512", "raq_uniform_ek", "fixed_1024_no_restart")
 # Paper Table 9 (arXiv 2405.14222v2), PSNR / SSIM: VQ-VAE (K = eK), random select from K=1024, RAQ K=128, MB K=128.
 PAPER = {"fixed": {1024: (25.48, .8648), 512: (24.94, .8490), 256: (24.43, .8310), 128: (23.85, .8096),
                    64: (23.24, .7849), 32: (22.53, .7545), 16: (21.76, .7156)},
@@ -88,6 +93,21 @@ def row(method: str, size: int, model, images: torch.Tensor, codebook: torch.Ten
             "perplexity": round(perplexity, 2), "usage": int(usage)}
 
 
+def resized_rows(model, prefix: str, test: torch.Tensor, cifar_zip: str) -> list[dict]:
+    """random_subset and topk_used rows (methods prefixed) from a fixed-rate model's codebook, usage counted on
+    10,000 training images."""
+    base = model.base.embed
+    idx, _ = indices_and_recon(model, to_tensor(load_source(cifar_zip, "train")[:10000]), base)
+    usage_order = np.argsort(-np.bincount(idx.ravel(), minlength=base.shape[1]), kind="stable")
+    gen = torch.Generator().manual_seed(0)
+    rows = [] if not prefix else [row(f"{prefix}fixed", base.shape[1], model, test, base)]
+    for size in SIZES:
+        rows.append(row(f"{prefix}random_subset", size, model, test,
+                        base[:, torch.randperm(base.shape[1], generator=gen)[:size]]))
+        rows.append(row(f"{prefix}topk_used", size, model, test, base[:, torch.from_numpy(usage_order[:size].copy())]))
+    return rows
+
+
 def evaluate(args) -> list[dict]:
     work = Path(args.workdir)
     test = to_tensor(load_source(args.cifar_zip, "test")[: args.test_images])
@@ -96,7 +116,7 @@ def evaluate(args) -> list[dict]:
         if (work / f"{name}.pt").exists():
             model = load_model(work / f"{name}.pt")
             rows.append(row("fixed", model.cfg.base_codebook_size, model, test, model.base.embed))
-    for name in (*ADAPTIVE, *ABLATIONS):
+    for name in (*ADAPTIVE, "raq_uniform_ek"):
         if (work / f"{name}.pt").exists():
             model = load_model(work / f"{name}.pt")
             rows += [row(name, size, model, test, model.codebook(size)) for size in SIZES]
@@ -109,16 +129,9 @@ def evaluate(args) -> list[dict]:
             for size in (s for s in SIZES if method.endswith("128") or s <= k):
                 table = model.base.embed if size == k else resize_codebook(model.base.embed, size).float()
                 rows.append(row(method, size, model, test, table))
-    if (work / "fixed_1024.pt").exists():
-        model = load_model(work / "fixed_1024.pt")
-        base = model.base.embed
-        train_images = to_tensor(load_source(args.cifar_zip, "train")[:10000])
-        idx, _ = indices_and_recon(model, train_images, base)
-        usage_order = np.argsort(-np.bincount(idx.ravel(), minlength=base.shape[1]), kind="stable")
-        gen = torch.Generator().manual_seed(0)
-        for size in SIZES:
-            rows.append(row("random_subset", size, model, test, base[:, torch.randperm(base.shape[1], generator=gen)[:size]]))
-            rows.append(row("topk_used", size, model, test, base[:, torch.from_numpy(usage_order[:size].copy())]))
+    for name, prefix in (("fixed_1024", ""), ("fixed_1024_no_restart", "no_restart_")):
+        if (work / f"{name}.pt").exists():
+            rows += resized_rows(load_model(work / f"{name}.pt"), prefix, test, args.cifar_zip)
     return rows
 
 
@@ -132,7 +145,7 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| method | eK | PSNR dB | SSIM | perplexity | usage | paper PSNR | paper SSIM |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["method"], -r["codebook_size"])):
-        paper = PAPER.get(r["method"], {}).get(r["codebook_size"])
+        paper = PAPER.get(r["method"].removeprefix("no_restart_"), {}).get(r["codebook_size"])
         ref = f"{paper[0]:.2f} | {paper[1]:.4f}" if paper else "- | -"
         lines.append(f"| {r['method']} | {r['codebook_size']} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
                      f"{r['perplexity']:.1f} | {r['usage']} | {ref} |")
@@ -158,11 +171,11 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/cifar10_table")
     args = parser.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    models = {**FIXED, **ADAPTIVE, **{name: {} for name in ABLATIONS}}
+    models = {**FIXED, **ADAPTIVE, **{name: overrides for name, (overrides, _) in ABLATIONS.items()}}
     if not args.evaluate_only:
         for name in TRAIN_ORDER:
             if args.train_only in (None, name):
-                train_one(name, args, models[name], ABLATIONS.get(name, "log-uniform"))
+                train_one(name, args, models[name], ABLATIONS.get(name, ({}, "log-uniform"))[1])
         if args.train_only:
             return
     rows = evaluate(args)
@@ -179,7 +192,8 @@ def main() -> None:
         worst = max(gaps, key=gaps.get)
         table += (f"\n\nPSNR gap fixed - raq per eK (dB): " + ", ".join(f"{k}: {v:+.2f}" for k, v in gaps.items())
                   + f". Largest: {gaps[worst]:.2f} dB at eK={worst}.")
-    write_outputs(doc, table, Path(args.out), lambda path: plot(rows, path))
+    write_outputs(doc, table, Path(args.out), lambda path: plot(
+        [r for r in rows if r["method"] in (*ROW_METHODS, "raq_uniform_ek")], path))
 
 
 if __name__ == "__main__":
