@@ -2,7 +2,7 @@
 trained CompressAI bmshj2018-factorized baseline, on one image set, measured in one run; ratios to JPEG and to
 the CompressAI baseline; and the time to generate a codebook for eK in {16, 256, 4096}.
 
-    .venv/bin/python benchmarks/speed_memory.py ../shared/data/kodak --factorized runs/baselines/factorized.pt
+    .venv/bin/python benchmarks/speed_memory.py ../shared/data/kodak --factorized runs/baselines/factorized_0.0067.pt
 
 Each codec runs in its own fresh worker process (python benchmarks/speed_memory.py --worker CODEC ...), which
 decodes the image files into memory, then encodes and decodes every image once, in memory.
@@ -46,22 +46,10 @@ def codec_functions(codec: str, factorized: str | None):
         kwargs = {"codebook_size": 256} if codec == "raq_ek256" else {"bpp": 0.4}
         return (lambda px: raqcodec.compress(px, **kwargs)), (lambda data, px: np.asarray(raqcodec.decompress(data)))
     if codec in PILLOW:
-        import io
-
-        from PIL import Image
+        from raqcodec.rd import pillow_decode, pillow_encode
 
         fmt, quality = PILLOW[codec]
-
-        def encode(px):
-            buffer = io.BytesIO()
-            Image.fromarray(px).save(buffer, format=fmt, quality=quality)
-            return buffer.getvalue()
-
-        def decode(data, px):
-            with Image.open(io.BytesIO(data)) as im:
-                return np.asarray(im.convert("RGB"))
-
-        return encode, decode
+        return (lambda px: pillow_encode(px, fmt, quality)), (lambda data, px: pillow_decode(data))
     sys.path.insert(0, str(Path(__file__).parent))
     import factorized_baseline
 

@@ -98,14 +98,23 @@ def _progress(name: str, total: int, enabled: bool) -> tqdm:
     return tqdm(total=total, desc=name, file=sys.stderr, disable=not enabled)
 
 
-def pillow_roundtrip(image: np.ndarray, fmt: str, quality: int) -> tuple[np.ndarray, int]:
-    """Code (H, W, 3) uint8 pixels with Pillow at a quality (default subsampling) -> (decoded RGB pixels, bytes)."""
+def pillow_encode(image: np.ndarray, fmt: str, quality: int) -> bytes:
+    """Code (H, W, 3) uint8 pixels with Pillow ("JPEG", "WEBP", "AVIF") at a quality (default subsampling)."""
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=fmt, quality=quality)
-    nbytes = buffer.tell()
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return np.asarray(decoded.convert("RGB")), nbytes
+    return buffer.getvalue()
+
+
+def pillow_decode(data: bytes) -> np.ndarray:
+    """The inverse of pillow_encode: (H, W, 3) uint8 RGB pixels."""
+    with Image.open(io.BytesIO(data)) as decoded:
+        return np.asarray(decoded.convert("RGB"))
+
+
+def pillow_roundtrip(image: np.ndarray, fmt: str, quality: int) -> tuple[np.ndarray, int]:
+    """pillow_encode then pillow_decode -> (decoded RGB pixels, coded bytes)."""
+    data = pillow_encode(image, fmt, quality)
+    return pillow_decode(data), len(data)
 
 
 def measure_pillow(images: Sequence[np.ndarray], fmt: str, qualities: Sequence[int], *, name: str | None = None,
