@@ -18,7 +18,7 @@ benchmarks/factorized_baseline.py). Rows, each evaluated on Kodak with real code
   kmeans         k-means (scipy kmeans2, k-means++) of fixed_1024's codewords
   model_based    DKM down / IKM up from fixed_256's codewords (raqcodec.models.model_based)
   raq_shipped    the shipped model (a longer budget, stated in its model card), for reference
-  factorized     the scalar-quantisation model at its one lambda
+  factorized     the scalar-quantisation model, one model per lambda in FACTORIZED_LAMBDAS
 Writes benchmarks/results/baselines.{json,md,png}.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ from scipy.cluster.vq import kmeans2
 
 import factorized_baseline
 from outputs import plot_methods, write_outputs
+from resizing import random_subset, topk_used, usage_counts
 from raqcodec.codec import analyse
 from raqcodec.data import list_images, load_source
 from raqcodec.evaluate import SizeResult, evaluate_table
@@ -44,7 +45,11 @@ from raqcodec.train import TrainOptions, train
 
 SIZES = (64, 256, 1024)
 VQ_MODELS = {"raq": {}, **{f"fixed_{k}": {"adaptive": False, "base_codebook_size": k} for k in SIZES}}
-FACTORIZED_LAMBDA = 0.0067  # CompressAI's lambda for bmshj2018-factorized quality 3
+FACTORIZED_LAMBDAS = (0.0018, 0.0035, 0.0067)  # CompressAI's lambdas for bmshj2018-factorized qualities 1, 2, 3
+
+
+def factorized_path(work: Path, lam: float) -> Path:
+    return work / f"factorized_{lam}.pt"
 
 
 def train_all(args) -> None:
@@ -59,24 +64,16 @@ def train_all(args) -> None:
             train(TrainOptions(sources=sources, out=str(out), config="default", val_source=str(Path(args.bsds) / "val"),
                                minutes=args.minutes - done / 60, lr=2e-4, batch=16, crop=64, seed=args.seed,
                                checkpoint_minutes=3, resume=True, config_overrides=overrides))
-    factorized_baseline.train_factorized(sources, work / "factorized.pt", minutes=args.minutes, lam=FACTORIZED_LAMBDA,
-                                         seed=args.seed)
-
-
-def per_group(base: torch.Tensor, pick) -> torch.Tensor:
-    """Apply pick(g, (K, dg) codewords) -> (size, dg) to every group of a (G, K, dg) codebook."""
-    return torch.stack([pick(g, base[g]) for g in range(base.shape[0])])
+    for lam in FACTORIZED_LAMBDAS:
+        factorized_baseline.train_factorized(sources, factorized_path(work, lam), minutes=args.minutes, lam=lam,
+                                             seed=args.seed)
 
 
 @torch.no_grad()
 def usage_on(model: RAQVAE, images: list[np.ndarray]) -> np.ndarray:
     """Counts (G, K) of each base codeword over whole images."""
-    counts = np.zeros((model.cfg.groups, model.cfg.base_codebook_size), dtype=np.int64)
-    for image in images:
-        idx = model.quantize(analyse(model, image).z, model.base.embed)[0].numpy()
-        for g in range(model.cfg.groups):
-            counts[g] += np.bincount(idx[g].ravel(), minlength=counts.shape[1])
-    return counts
+    return sum(usage_counts(model.quantize(analyse(model, image).z, model.base.embed).numpy(),
+                            model.cfg.base_codebook_size) for image in images)
 
 
 class KodakSet:
@@ -122,23 +119,22 @@ def evaluate_all(args) -> list[dict]:
         model = load_model(work / "fixed_1024.pt")
         base = model.base.embed
         gen = torch.Generator().manual_seed(args.seed)
-        order = np.argsort(-usage_on(model, load_source(Path(args.bsds) / "train")), axis=1, kind="stable")
+        counts = usage_on(model, load_source(Path(args.bsds) / "train"))
         small = [s for s in SIZES if s < base.shape[1]]
-        rows += kodak.rows("random_subset", model, {
-            s: per_group(base, lambda g, cb: cb[torch.randperm(cb.shape[0], generator=gen)[:s]]) for s in small})
-        rows += kodak.rows("topk_used", model, {
-            s: per_group(base, lambda g, cb: cb[torch.from_numpy(order[g, :s].copy())]) for s in small})
+        rows += kodak.rows("random_subset", model, {s: random_subset(base, s, gen) for s in small})
+        rows += kodak.rows("topk_used", model, {s: topk_used(base, counts, s) for s in small})
         rows += kodak.rows("kmeans", model, {
-            s: per_group(base, lambda g, cb: torch.from_numpy(
-                kmeans2(cb.double().numpy(), s, minit="++", seed=args.seed)[0])) for s in small})
+            s: torch.stack([torch.from_numpy(kmeans2(cb.double().numpy(), s, minit="++", seed=args.seed)[0])
+                            for cb in base]) for s in small})
     if (work / "fixed_256.pt").exists():
         model = load_model(work / "fixed_256.pt")
         rows += kodak.rows("model_based", model, {s: resize_codebook(model.base.embed, s) for s in SIZES})
     shipped = load_model(DEFAULT_MODEL_PATH)
     rows += kodak.rows("raq_shipped", shipped, {s: shipped.codebook(s) for s in SIZES})
-    if (work / "factorized.pt").exists():
-        rows.append(kodak.factorized_row(work / "factorized.pt"))
-        print(rows[-1], flush=True)
+    for lam in FACTORIZED_LAMBDAS:
+        if factorized_path(work, lam).exists():
+            rows.append(kodak.factorized_row(factorized_path(work, lam)))
+            print(rows[-1], flush=True)
     return rows
 
 
@@ -149,9 +145,10 @@ def budgets(work: Path) -> dict[str, dict]:
         if (work / f"{name}.pt").exists():
             meta = read_model_file(work / f"{name}.pt")["metadata"]
             out[name] = {"steps": meta["steps"], "train_seconds": meta["train_seconds"]}
-    if (work / "factorized.pt").exists():
-        meta = torch.load(work / "factorized.pt", map_location="cpu", weights_only=False)["metadata"]
-        out["factorized"] = {"steps": meta["steps"], "train_seconds": meta["train_seconds"], "lambda": meta["lambda"]}
+    for lam in FACTORIZED_LAMBDAS:
+        if factorized_path(work, lam).exists():
+            meta = torch.load(factorized_path(work, lam), map_location="cpu", weights_only=False)["metadata"]
+            out[f"factorized_{lam}"] = {"steps": meta["steps"], "train_seconds": meta["train_seconds"], "lambda": lam}
     return out
 
 

@@ -30,6 +30,7 @@ import torch
 from pytorch_msssim import ssim
 
 from outputs import plot_methods, write_outputs
+from resizing import random_subset, topk_used, usage_counts
 from raqcodec.data import load_source
 from raqcodec.metrics import code_statistics
 from raqcodec.modelfile import load_model, read_model_file
@@ -98,13 +99,12 @@ def resized_rows(model, prefix: str, test: torch.Tensor, cifar_zip: str) -> list
     10,000 training images."""
     base = model.base.embed
     idx, _ = indices_and_recon(model, to_tensor(load_source(cifar_zip, "train")[:10000]), base)
-    usage_order = np.argsort(-np.bincount(idx.ravel(), minlength=base.shape[1]), kind="stable")
+    counts = usage_counts(idx, base.shape[1])
     gen = torch.Generator().manual_seed(0)
     rows = [] if not prefix else [row(f"{prefix}fixed", base.shape[1], model, test, base)]
     for size in SIZES:
-        rows.append(row(f"{prefix}random_subset", size, model, test,
-                        base[:, torch.randperm(base.shape[1], generator=gen)[:size]]))
-        rows.append(row(f"{prefix}topk_used", size, model, test, base[:, torch.from_numpy(usage_order[:size].copy())]))
+        rows.append(row(f"{prefix}random_subset", size, model, test, random_subset(base, size, gen)))
+        rows.append(row(f"{prefix}topk_used", size, model, test, topk_used(base, counts, size)))
     return rows
 
 
