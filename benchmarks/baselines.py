@@ -37,7 +37,6 @@ from raqcodec.codec import analyse
 from raqcodec.data import list_images, load_source
 from raqcodec.evaluate import SizeResult, evaluate_table
 from raqcodec.image_io import load_image
-from raqcodec.metrics import ms_ssim_db, psnr
 from raqcodec.modelfile import DEFAULT_MODEL_PATH, load_model, read_model_file
 from raqcodec.models import RAQVAE
 from raqcodec.models.model_based import resize_codebook
@@ -93,15 +92,7 @@ class KodakSet:
 
     def factorized_row(self, path: Path) -> dict:
         net, meta = factorized_baseline.load(path)
-        bpps, psnrs, ssims = [], [], []
-        for px in self.originals:
-            strings, shape = factorized_baseline.compress(net, px)
-            decoded = factorized_baseline.decompress(net, strings, shape, *px.shape[:2])
-            bpps.append(sum(len(s) for s in strings) * 8 / (px.shape[0] * px.shape[1]))
-            psnrs.append(psnr(px, decoded))
-            ssims.append(ms_ssim_db(px, decoded))
-        return {"method": "factorized", "lambda": meta["lambda"], "bpp": float(np.mean(bpps)),
-                "psnr": float(np.mean(psnrs)), "ms_ssim": float(np.mean(ssims))}
+        return {"method": "factorized", "lambda": meta["lambda"], **factorized_baseline.evaluate(net, self.originals)}
 
 
 def evaluate_all(args) -> list[dict]:

@@ -8,6 +8,8 @@ CompressAI's own evaluation does (the 2 x 2-byte latent shape would add 32 bits 
 """
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from pathlib import Path
 
@@ -15,8 +17,9 @@ import numpy as np
 import torch
 from compressai.models import FactorizedPrior
 
-from raqcodec.data import CropSampler, load_source
-from raqcodec.image_io import pad_to_multiple, to_tensor, to_uint8
+from raqcodec.data import CropSampler, list_images, load_source
+from raqcodec.image_io import load_image, pad_to_multiple, to_tensor, to_uint8
+from raqcodec.metrics import ms_ssim_db, psnr
 
 DOWNSAMPLE = 16  # the analysis transform's total stride
 
@@ -96,3 +99,37 @@ def decompress(net: FactorizedPrior, strings: list[bytes], shape: tuple[int, int
     """The inverse of compress: (height, width, 3) uint8."""
     x_hat = net.decompress([[s] for s in strings], shape)["x_hat"]
     return to_uint8(x_hat[:, :, :height, :width])
+
+
+def evaluate(net: FactorizedPrior, images: list[np.ndarray]) -> dict:
+    """Mean per-image bpp (coded strings), PSNR (dB) and MS-SSIM (dB) over (H, W, 3) uint8 images."""
+    bpps, psnrs, ssims = [], [], []
+    for px in images:
+        strings, shape = compress(net, px)
+        decoded = decompress(net, strings, shape, *px.shape[:2])
+        bpps.append(sum(len(s) for s in strings) * 8 / (px.shape[0] * px.shape[1]))
+        psnrs.append(psnr(px, decoded))
+        ssims.append(ms_ssim_db(px, decoded))
+    return {"bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)), "ms_ssim": float(np.mean(ssims))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train (or resume) one factorized model, then evaluate it.")
+    parser.add_argument("bsds", help="BSDS500 folder with train/ and test/ (the training images)")
+    parser.add_argument("images", help="evaluation image folder")
+    parser.add_argument("--lam", type=float, required=True, help="rate-distortion lambda")
+    parser.add_argument("--minutes", type=float, required=True, help="training wall-clock in total (the budget)")
+    parser.add_argument("--model", required=True, help="the model file, resumed when it exists")
+    parser.add_argument("--json", required=True, help="where to write the evaluation")
+    args = parser.parse_args()
+    sources = [str(Path(args.bsds) / "train"), str(Path(args.bsds) / "test")]
+    train_factorized(sources, Path(args.model), minutes=args.minutes, lam=args.lam)
+    net, meta = load(Path(args.model))
+    result = {**evaluate(net, [load_image(p)[0] for p in list_images(args.images)]), "folder": args.images,
+              "lambda": meta["lambda"], "steps": meta["steps"], "train_seconds": meta["train_seconds"]}
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

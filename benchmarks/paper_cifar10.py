@@ -190,7 +190,7 @@ def main() -> None:
     table = markdown(rows)
     if gaps:
         worst = max(gaps, key=gaps.get)
-        table += (f"\n\nPSNR gap fixed - raq per eK (dB): " + ", ".join(f"{k}: {v:+.2f}" for k, v in gaps.items())
+        table += ("\n\nPSNR gap fixed - raq per eK (dB): " + ", ".join(f"{k}: {v:+.2f}" for k, v in gaps.items())
                   + f". Largest: {gaps[worst]:.2f} dB at eK={worst}.")
     write_outputs(doc, table, Path(args.out), lambda path: plot(
         [r for r in rows if r["method"] in (*ROW_METHODS, "raq_uniform_ek")], path))
