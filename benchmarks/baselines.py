@@ -32,11 +32,12 @@ from scipy.cluster.vq import kmeans2
 
 import factorized_baseline
 from outputs import plot_methods, write_outputs
-from resizing import random_subset, topk_used, usage_counts
+from resizing import random_subset, topk_used
 from raqcodec.codec import analyse
 from raqcodec.data import list_images, load_source
 from raqcodec.evaluate import SizeResult, evaluate_table
 from raqcodec.image_io import load_image
+from raqcodec.metrics import usage_counts
 from raqcodec.modelfile import DEFAULT_MODEL_PATH, load_model, read_model_file
 from raqcodec.models import RAQVAE
 from raqcodec.models.model_based import resize_codebook
@@ -71,7 +72,7 @@ def train_all(args) -> None:
 @torch.no_grad()
 def usage_on(model: RAQVAE, images: list[np.ndarray]) -> np.ndarray:
     """Counts (G, K) of each base codeword over whole images."""
-    return sum(usage_counts(model.quantize(analyse(model, image).z, model.base.embed).numpy(),
+    return sum(usage_counts(model.quantize(analyse(model, image).z, model.base.embed)[0].numpy(),
                             model.cfg.base_codebook_size) for image in images)
 
 

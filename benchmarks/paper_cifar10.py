@@ -30,9 +30,9 @@ import torch
 from pytorch_msssim import ssim
 
 from outputs import plot_methods, write_outputs
-from resizing import random_subset, topk_used, usage_counts
+from resizing import random_subset, topk_used
 from raqcodec.data import load_source
-from raqcodec.metrics import code_statistics
+from raqcodec.metrics import code_statistics, usage_counts
 from raqcodec.modelfile import load_model, read_model_file
 from raqcodec.models.model_based import resize_codebook
 from raqcodec.train import TrainOptions, train
@@ -99,7 +99,7 @@ def resized_rows(model, prefix: str, test: torch.Tensor, cifar_zip: str) -> list
     10,000 training images."""
     base = model.base.embed
     idx, _ = indices_and_recon(model, to_tensor(load_source(cifar_zip, "train")[:10000]), base)
-    counts = usage_counts(idx, base.shape[1])
+    counts = usage_counts(np.moveaxis(idx, 1, 0), base.shape[1])  # idx is (N, G, h, w)
     gen = torch.Generator().manual_seed(0)
     rows = [] if not prefix else [row(f"{prefix}fixed", base.shape[1], model, test, base)]
     for size in SIZES:

@@ -9,13 +9,6 @@ import numpy as np
 import torch
 
 
-def usage_counts(indices: np.ndarray, codebook_size: int) -> np.ndarray:
-    """(N, G, h, w) codeword indices -> (G, codebook_size) int64 counts of each codeword per group."""
-    groups = indices.shape[1]
-    per_group = np.moveaxis(indices, 1, 0).reshape(groups, -1)
-    return np.stack([np.bincount(per_group[g], minlength=codebook_size) for g in range(groups)])
-
-
 def random_subset(base: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """(G, K, dg) -> (G, size, dg): a random subset of each group's codewords (one randperm per group, in order)."""
     return torch.stack([cb[torch.randperm(cb.shape[0], generator=generator)[:size]] for cb in base])

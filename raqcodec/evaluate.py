@@ -17,7 +17,7 @@ from tqdm import tqdm
 from raqcodec.codec import Latent, analyse, encode_latent, reconstruct
 from raqcodec.data import list_images
 from raqcodec.image_io import load_image
-from raqcodec.metrics import code_statistics, ms_ssim_db, psnr
+from raqcodec.metrics import code_statistics, ms_ssim_db, psnr, usage_counts
 from raqcodec.models import RAQVAE
 
 
@@ -59,8 +59,7 @@ def evaluate_table(model: RAQVAE, latents: list[Latent], originals: list[np.ndar
     bpps, psnrs, ssims, index_bits, n_index = [], [], [], 0.0, 0
     for latent, original in zip(latents, originals):
         enc = encode_latent(model, latent, size, table)
-        for g in range(model.cfg.groups):
-            counts[g] += np.bincount(enc.indices[g].ravel(), minlength=size)
+        counts += usage_counts(enc.indices, size)
         index_bits += enc.header.payload_length * 8
         n_index += enc.indices.size
         decoded = reconstruct(model, enc.indices, size, latent.width, latent.height, table)

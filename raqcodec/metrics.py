@@ -75,6 +75,13 @@ def ms_ssim_db(a: ImageLike, b: ImageLike, data_range: float = 255.0) -> float:
     return _capped_db(1.0 - ms_ssim(a, b, data_range))
 
 
+def usage_counts(indices: np.ndarray, codebook_size: int) -> np.ndarray:
+    """Codeword indices with the product group on axis 0, (G, ...) -> (G, codebook_size) int64 counts of each
+    codeword per group."""
+    per_group = indices.reshape(indices.shape[0], -1)
+    return np.stack([np.bincount(row, minlength=codebook_size) for row in per_group])
+
+
 def code_statistics(counts: np.ndarray) -> tuple[float, int]:
     """Summarise a 1-D histogram of code usage (counts per codebook entry, over a whole set).
 

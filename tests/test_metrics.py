@@ -9,7 +9,7 @@ import torch
 
 from raqcodec import metrics
 from raqcodec.errors import CodecError
-from raqcodec.metrics import DB_CAP, code_statistics, ms_ssim, ms_ssim_db, psnr, ssim
+from raqcodec.metrics import DB_CAP, code_statistics, ms_ssim, ms_ssim_db, psnr, ssim, usage_counts
 
 torch.set_num_threads(1)
 
@@ -128,6 +128,13 @@ def test_code_statistics():
     perplexity, usage = code_statistics(np.array([2, 1, 1, 0, 0]))
     assert perplexity == pytest.approx(math.exp(-(p * np.log(p)).sum()))
     assert usage == 3
+
+
+def test_usage_counts_per_group():
+    indices = np.array([[[0, 1], [1, 3]], [[2, 2], [2, 0]]])  # (G=2, h=2, w=2)
+    counts = usage_counts(indices, 4)
+    assert counts.tolist() == [[1, 2, 0, 1], [1, 0, 3, 0]]
+    assert counts.shape == (2, 4)
 
 
 @pytest.mark.parametrize("bad", [np.zeros(4), np.array([1, -1]), np.ones((2, 2)), np.array([1.0, np.nan])])
