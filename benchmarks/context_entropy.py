@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raqcodec.codec import analyse, compress
+from raqcodec.codec import analyse, encode_latent
 from raqcodec.data import list_images
 from raqcodec.image_io import load_image
 from raqcodec.modelfile import DEFAULT_MODEL_PATH, load_model
@@ -53,11 +53,10 @@ def loo_bits(grids: list[np.ndarray], context: str, size: int) -> float:
 @torch.no_grad()
 def measure(model, images: list[np.ndarray], size: int) -> dict:
     """The bits per index of the .raq files and of each leave-one-out context model at eK=size."""
-    table = model.codebook(size)
-    grids = [model.quantize(analyse(model, px).z, table)[0].numpy() for px in images]
-    n_indices = sum(g.size for g in grids)
-    coded_bits = sum(len(compress(px, codebook_size=size)) * 8 for px in images)
-    return {"raq_file": coded_bits / n_indices,
+    encoded = [encode_latent(model, analyse(model, px), size) for px in images]
+    grids = [enc.indices.astype(np.int64) for enc in encoded]
+    coded_bits = sum(len(enc.data) * 8 for enc in encoded)
+    return {"raq_file": coded_bits / sum(g.size for g in grids),
             **{f"loo_{c}": loo_bits(grids, c, size) for c in ("none", "previous_group", "left_neighbour")}}
 
 
