@@ -61,7 +61,7 @@ def train_all(args) -> None:
         ckpt = out.with_suffix(".ckpt")
         done = torch.load(ckpt, map_location="cpu", weights_only=False)["elapsed"] if ckpt.exists() else 0.0
         if done < args.minutes * 60:
-            train(TrainOptions(sources=sources, out=str(out), config="default", val_source=str(Path(args.bsds) / "val"),
+            train(TrainOptions(sources=sources, out=str(out), config="default-v1", val_source=str(Path(args.bsds) / "val"),
                                minutes=args.minutes - done / 60, lr=2e-4, batch=16, crop=64, seed=args.seed,
                                checkpoint_minutes=3, resume=True, config_overrides=overrides))
     for lam in FACTORIZED_LAMBDAS:

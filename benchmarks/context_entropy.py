@@ -54,7 +54,7 @@ def loo_bits(grids: list[np.ndarray], context: str, size: int) -> float:
 def measure(model, images: list[np.ndarray], size: int) -> dict:
     """The bits per index of the .raq files and of each leave-one-out context model at eK=size."""
     encoded = [encode_latent(model, analyse(model, px), size) for px in images]
-    grids = [enc.indices.astype(np.int64) for enc in encoded]
+    grids = [enc.indices[0].astype(np.int64) for enc in encoded]
     coded_bits = sum(len(enc.data) * 8 for enc in encoded)
     return {"raq_file": coded_bits / sum(g.size for g in grids),
             **{f"loo_{c}": loo_bits(grids, c, size) for c in ("none", "previous_group", "left_neighbour")}}

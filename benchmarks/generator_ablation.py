@@ -42,11 +42,11 @@ def main() -> None:
                                    steps=args.steps, batch=args.batch, crop=32, lr=5e-4, seed=0,
                                    checkpoint_minutes=10, resume=True,
                                    config_overrides={"condition_on_size": conditioned}))
-        rows[name] = {"train_s": time.perf_counter() - start, "psnr": validate(model, images, SIZES)}
+        rows[name] = {"train_s": time.perf_counter() - start, "psnr": validate(model, images, [(s,) for s in SIZES])}
         print(name, rows[name])
     result = {"budget": f"{args.steps} steps x batch {args.batch} (32x32 CIFAR-10 train), seed 0, per model",
               "test_images": len(test), "sizes": list(SIZES), "rows": rows,
-              "psnr_gain_conditioned_minus_blind": {str(s): rows["size_conditioned"]["psnr"][s] - rows["size_blind_prefix"]["psnr"][s]
+              "psnr_gain_conditioned_minus_blind": {str(s): rows["size_conditioned"]["psnr"][str(s)] - rows["size_blind_prefix"]["psnr"][str(s)]
                                                     for s in SIZES}}
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))

@@ -1,6 +1,6 @@
 """Rate control and entropy-coding efficiency on an image folder (issue: the .raq codec).
 
-    .venv/bin/python benchmarks/rate_control.py ../shared/data/kodak --targets 0.2,0.3,0.4,0.5
+    .venv/bin/python benchmarks/rate_control.py ../shared/data/kodak --targets 0.1,0.2,0.3,0.5,0.7,0.9,1.2
 
 For every image and target bpp: the eK chosen, the whole-file bpp and its ratio to the target. For every
 encode: payload bits per index against log2(eK) and against the ideal code length under the coder's own
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from raqcodec import entropy
-from raqcodec.codec import analyse, choose_codebook_size, get_model
+from raqcodec.codec import analyse, choose_setting, get_model, setting_label
 from raqcodec.data import list_images
 from raqcodec.errors import CodecError
 
@@ -25,7 +25,7 @@ from raqcodec.errors import CodecError
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
-    parser.add_argument("--targets", default="0.2,0.3,0.4,0.5")
+    parser.add_argument("--targets", default="0.1,0.2,0.3,0.5,0.7,0.9,1.2")
     parser.add_argument("--model", default=None)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--json", default="benchmarks/results/rate_control.json")
@@ -40,16 +40,18 @@ def main() -> None:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    enc = choose_codebook_size(model, latent, target)
+                    enc = choose_setting(model, latent, target)
             except CodecError as exc:
                 row.update(error=str(exc))
                 rows.append(row)
                 continue
-            ideal = entropy.ideal_code_length_bits(enc.indices, enc.header.codebook_size, enc.header.entropy_model)
+            sizes = list(enc.setting)
+            ideal = entropy.ideal_stage_bits(enc.indices, sizes, enc.header.entropy_model)
             payload_bits = enc.header.payload_length * 8
-            row.update(codebook_size=enc.header.codebook_size, bpp=enc.bpp, ratio=enc.bpp / target,
-                       capped=bool(caught), bits_per_index=payload_bits / enc.indices.size,
-                       log2_ek=math.log2(enc.header.codebook_size), ideal_bits_per_index=ideal / enc.indices.size,
+            n_index = sum(grid.size for grid in enc.indices)
+            row.update(codebook_size=enc.header.codebook_size, setting=setting_label(enc.setting), bpp=enc.bpp,
+                       ratio=enc.bpp / target, capped=bool(caught), bits_per_index=payload_bits / n_index,
+                       log2_ek=sum(math.log2(k) for k in sizes) / len(sizes), ideal_bits_per_index=ideal / n_index,
                        payload_over_ideal=payload_bits / ideal)
             rows.append(row)
             print(json.dumps(row))

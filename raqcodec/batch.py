@@ -22,7 +22,7 @@ class Job:
     source: str
     output: str
     bpp: float | None
-    codebook_size: int | None
+    codebook_size: str | None  # a setting label: "512" or "4096+64"
     force: bool
 
 
@@ -31,7 +31,7 @@ class JobResult:
     """What `raq compress` prints for one image; error is a one-line message when it failed."""
 
     source: str
-    codebook_size: int = 0
+    setting: str = ""  # the setting used, as a label ("512", "4096+64")
     nbytes: int = 0
     bpp: float = 0.0
     seconds: float = 0.0
@@ -40,7 +40,7 @@ class JobResult:
 
 def run_job(job: Job, model) -> JobResult:
     """Compress one image with a loaded model and write it atomically."""
-    from raqcodec.codec import encode
+    from raqcodec.codec import encode, setting_label
     from raqcodec.errors import CodecError
     from raqcodec.image_io import write_bytes_atomic
 
@@ -50,7 +50,7 @@ def run_job(job: Job, model) -> JobResult:
         write_bytes_atomic(enc.data, job.output, force=job.force)
     except CodecError as exc:
         return JobResult(job.source, error=str(exc))
-    return JobResult(job.source, enc.header.codebook_size, len(enc.data), enc.bpp, time.perf_counter() - start)
+    return JobResult(job.source, setting_label(enc.setting), len(enc.data), enc.bpp, time.perf_counter() - start)
 
 
 def _init_worker(model_path: str | None, device: str) -> None:

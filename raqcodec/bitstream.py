@@ -4,7 +4,7 @@ Layout (all integers little-endian; see ``docs/FORMAT.md`` for the spec)::
 
     offset size type     field
      0      4  bytes    magic b"RAQC"
-     4      2  uint16   format version (1)
+     4      2  uint16   format version (1: one quantisation stage; 2: residual stages)
      6      2  uint16   width  (pixels, 1..65535)
      8      2  uint16   height (pixels, 1..65535)
     10      2  uint16   codebook_size eK (2..65535)
@@ -14,8 +14,14 @@ Layout (all integers little-endian; see ``docs/FORMAT.md`` for the spec)::
     15      1  uint8    entropy_model (ids of raqcodec.entropy)
     16      8  bytes    model_fingerprint
     24      4  uint32   payload_length
-    28      n  bytes    payload
-    28+n    4  uint32   CRC32 (zlib) of bytes [0, 28+n)
+    version 2 only, E = 1 + 2 * (S - 1) bytes:
+    28      1  uint8    stages S (2..MAX_STAGES)
+    29  2(S-1) uint16   codebook size eK of stages 2..S
+    28+E    n  bytes    payload (E = 0 in version 1)
+    28+E+n  4  uint32   CRC32 (zlib) of bytes [0, 28+E+n)
+
+A writer uses version 1 for a one-stage file (byte for byte what raqcodec wrote before stages existed) and
+version 2 when the file has residual stages.
 
 Validation happens before anything large is allocated, in this order:
 length, magic, version, field ranges, payload length, checksum.  Every
@@ -36,6 +42,8 @@ from raqcodec.errors import CodecError
 __all__ = [
     "MAGIC",
     "FORMAT_VERSION",
+    "SUPPORTED_VERSIONS",
+    "MAX_STAGES",
     "MAX_SIDE",
     "MAX_PIXELS",
     "MAX_LATENT_SYMBOLS",
@@ -50,7 +58,9 @@ __all__ = [
 ]
 
 MAGIC: bytes = b"RAQC"
-FORMAT_VERSION: int = 1
+FORMAT_VERSION: int = 2  # the newest version this module reads and writes
+SUPPORTED_VERSIONS = (1, 2)
+MAX_STAGES = 8
 MAX_SIDE: int = 65535
 MAX_PIXELS: int = 2**27
 # Cap on G * h * w, the number of coded indices: bounds what a decoder
@@ -69,6 +79,7 @@ MAX_PAYLOAD = 2**32 - 1
 
 _HEADER = struct.Struct("<4sHHHHBBBB8sI")
 HEADER_SIZE: int = _HEADER.size  # 28
+_STAGE_COUNT = struct.Struct("<B")
 _CRC = struct.Struct("<I")
 CRC_SIZE: int = _CRC.size  # 4
 
@@ -101,6 +112,7 @@ class Header:
     downsample: int
     entropy_model: int
     payload_length: int
+    residual_sizes: tuple[int, ...] = ()  # eK of stages 2..S (empty for a one-stage file)
 
     def __post_init__(self) -> None:
         fp = self.model_fingerprint
@@ -137,11 +149,37 @@ class Header:
         if self.entropy_model not in ENTROPY_MODELS:
             raise CodecError(f"header field entropy_model={self.entropy_model} is unknown")
         _check_range("payload_length", self.payload_length, 0, MAX_PAYLOAD)
+        if not isinstance(self.residual_sizes, (tuple, list)):
+            raise CodecError(f"header field residual_sizes must be a tuple, got {self.residual_sizes!r}")
+        sizes = tuple(_as_int("residual_sizes", v) for v in self.residual_sizes)
+        object.__setattr__(self, "residual_sizes", sizes)
+        _check_range("stages", len(sizes) + 1, 1, MAX_STAGES)
+        for size in sizes:
+            _check_range("codebook_size", size, MIN_CODEBOOK, MAX_CODEBOOK)
         g, h, w = self.latent_shape
-        if g * h * w > MAX_LATENT_SYMBOLS:
+        if self.stages * g * h * w > MAX_LATENT_SYMBOLS:
             raise CodecError(
-                f"latent grid {g}x{h}x{w} exceeds the limit of {MAX_LATENT_SYMBOLS} indices"
+                f"latent grid {self.stages}x{g}x{h}x{w} exceeds the limit of {MAX_LATENT_SYMBOLS} indices"
             )
+
+    @property
+    def codebook_sizes(self) -> tuple[int, ...]:
+        """eK of every stage, stage 1 first."""
+        return (self.codebook_size, *self.residual_sizes)
+
+    @property
+    def stages(self) -> int:
+        return 1 + len(self.residual_sizes)
+
+    @property
+    def version(self) -> int:
+        """The format version this header is written in: 1 for one stage, 2 with residual stages."""
+        return 1 if not self.residual_sizes else 2
+
+    @property
+    def header_size(self) -> int:
+        """Bytes before the payload."""
+        return HEADER_SIZE + (0 if self.version == 1 else _STAGE_COUNT.size + 2 * len(self.residual_sizes))
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -177,7 +215,7 @@ def pack(header: Header, payload: bytes) -> bytes:
         )
     head = _HEADER.pack(
         MAGIC,
-        FORMAT_VERSION,
+        header.version,
         header.width,
         header.height,
         header.codebook_size,
@@ -188,6 +226,8 @@ def pack(header: Header, payload: bytes) -> bytes:
         header.model_fingerprint,
         header.payload_length,
     )
+    if header.residual_sizes:
+        head += _STAGE_COUNT.pack(header.stages) + struct.pack(f"<{len(header.residual_sizes)}H", *header.residual_sizes)
     body = head + payload
     return body + _CRC.pack(zlib.crc32(body) & 0xFFFFFFFF)
 
@@ -226,12 +266,15 @@ def read_header(data: bytes) -> Header:
     if version > FORMAT_VERSION:
         raise CodecError(
             f"written by a newer raqcodec (format version {version}); "
-            f"this reads version {FORMAT_VERSION}"
+            f"this reads versions 1 to {FORMAT_VERSION}"
         )
-    if version != FORMAT_VERSION:
+    if version not in SUPPORTED_VERSIONS:
         raise CodecError(
-            f"unsupported .raq format version {version}; this reads version {FORMAT_VERSION}"
+            f"unsupported .raq format version {version}; this reads versions 1 to {FORMAT_VERSION}"
         )
+    residual_sizes: tuple[int, ...] = ()
+    if version == 2:
+        residual_sizes = _read_residual_sizes(buf)
     try:
         header = Header(
             model_fingerprint=fingerprint,
@@ -243,10 +286,13 @@ def read_header(data: bytes) -> Header:
             downsample=downsample,
             entropy_model=entropy_model,
             payload_length=payload_length,
+            residual_sizes=residual_sizes,
         )
     except CodecError as exc:
         raise CodecError(f"corrupt .raq header: {exc}") from None
-    actual = n - HEADER_SIZE - CRC_SIZE
+    if version != header.version:
+        raise CodecError("corrupt .raq header: a version 2 file must have at least 2 stages")
+    actual = n - header.header_size - CRC_SIZE
     if payload_length > actual:
         raise CodecError(
             f"truncated .raq file: header announces a {payload_length}-byte payload, "
@@ -259,12 +305,26 @@ def read_header(data: bytes) -> Header:
     return header
 
 
+def _read_residual_sizes(buf) -> tuple[int, ...]:
+    """The version-2 extension after the fixed header: stage count, then eK of stages 2..S."""
+    n = len(buf)
+    if n < HEADER_SIZE + _STAGE_COUNT.size + CRC_SIZE:
+        raise CodecError(f"truncated .raq file: {n} bytes, too short for a version 2 header")
+    (stages,) = _STAGE_COUNT.unpack_from(buf, HEADER_SIZE)
+    if not 2 <= stages <= MAX_STAGES:
+        raise CodecError(f"corrupt .raq header: stages={stages} out of range [2, {MAX_STAGES}]")
+    end = HEADER_SIZE + _STAGE_COUNT.size + 2 * (stages - 1)
+    if n < end + CRC_SIZE:
+        raise CodecError(f"truncated .raq file: {n} bytes, too short for a {stages}-stage header")
+    return struct.unpack_from(f"<{stages - 1}H", buf, HEADER_SIZE + _STAGE_COUNT.size)
+
+
 def unpack(data: bytes) -> tuple[Header, bytes]:
     """Validate a complete ``.raq`` file and return its header and payload."""
     header = read_header(data)
     buf = _as_bytes(data, ".raq data")
-    end = HEADER_SIZE + header.payload_length
+    end = header.header_size + header.payload_length
     (stored,) = _CRC.unpack_from(buf, end)
     if zlib.crc32(buf[:end]) & 0xFFFFFFFF != stored:
         raise CodecError("corrupt .raq file: checksum mismatch")
-    return header, bytes(buf[HEADER_SIZE:end])
+    return header, bytes(buf[header.header_size:end])

@@ -73,21 +73,24 @@ def _pairs(src: Path, dst: Path, suffix: str) -> list[tuple[Path, Path]]:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--bpp", type=float, default=None, help="Target bits per pixel of the whole file.")
-@click.option("--codebook-size", type=int, default=None, help="Fixed adapted codebook size eK.")
+@click.option("--codebook-size", default=None,
+              help="Fixed setting: an eK (stage 1 alone), or one eK per stage joined by '+', e.g. 4096+64.")
 @model_option
 @device_option
 @force_option
 @click.option("--workers", default=1, show_default=True, help="Worker processes for a folder.")
-def compress(source: Path, output: Path, bpp: float | None, codebook_size: int | None, model_path: str | None,
+def compress(source: Path, output: Path, bpp: float | None, codebook_size: str | None, model_path: str | None,
              device: str, force: bool, workers: int) -> None:
     """Compress an image (or a folder of images) to .raq."""
     from tqdm import tqdm
 
     from raqcodec.batch import Job, compress_many
-    from raqcodec.codec import get_model
+    from raqcodec.codec import as_setting, get_model
 
     if (bpp is None) == (codebook_size is None):
         raise CodecError("give exactly one of --bpp or --codebook-size")
+    if codebook_size is not None:
+        as_setting(codebook_size)  # a clear error before any model is loaded
     model = get_model(model_path, device)
     pairs = _pairs(source, output, ".raq")
     jobs = [Job(str(src), str(dst), bpp, codebook_size, force) for src, dst in pairs]
@@ -101,7 +104,7 @@ def compress(source: Path, output: Path, bpp: float | None, codebook_size: int |
             failures += 1
             click.echo(f"error: {name}: {res.error}", err=True)
             continue
-        click.echo(f"{name}: eK={res.codebook_size} bytes={res.nbytes} bpp={res.bpp:.4f} time={res.seconds:.2f}s")
+        click.echo(f"{name}: eK={res.setting} bytes={res.nbytes} bpp={res.bpp:.4f} time={res.seconds:.2f}s")
     if failures:
         raise CodecError(f"{failures} of {len(jobs)} images failed")
 
@@ -146,7 +149,8 @@ def info(source: Path) -> None:
 
     data = _read(source)
     header = read_header(data)
-    fields = {k: (v.hex() if isinstance(v, bytes) else v) for k, v in header.__dict__.items()}
+    fields = {"version": header.version, "stages": header.stages}
+    fields.update((k, v.hex() if isinstance(v, bytes) else v) for k, v in header.__dict__.items())
     fields.update(file_bytes=len(data), bpp=round(len(data) * 8 / (header.width * header.height), 6))
     for key, value in fields.items():
         click.echo(f"{key}: {value}")
@@ -155,13 +159,15 @@ def info(source: Path) -> None:
 @main.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file to write.")
-@click.option("--config", default="default", show_default=True, help="Named model configuration.")
+@click.option("--config", default=None,
+              help="Named model configuration (default: 'default', or the --init file's own configuration).")
 @click.option("--val", "val_source", default=None, help="Validation image folder.")
 @click.option("--steps", default=100_000, show_default=True)
 @click.option("--minutes", default=float("inf"), type=float, help="Wall-clock budget of this run.")
 @click.option("--batch", default=16, show_default=True)
 @click.option("--crop", default=64, show_default=True)
 @click.option("--lr", default=2e-4, show_default=True)
+@click.option("--lr-end", type=float, default=None, help="Cosine-decay the learning rate to this over the run.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--checkpoint-minutes", default=5.0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT's .ckpt checkpoint when it exists.")
@@ -169,8 +175,8 @@ def info(source: Path) -> None:
 @click.option("--split", default="train", show_default=True, help="Split of a CIFAR-10 zip source.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", default=0, help="torch CPU threads (0: torch's default).")
-def train(sources, out, config, val_source, steps, minutes, batch, crop, lr, seed, checkpoint_minutes, resume,
-          init, split, device, threads) -> None:
+def train(sources, out, config, val_source, steps, minutes, batch, crop, lr, lr_end, seed, checkpoint_minutes,
+          resume, init, split, device, threads) -> None:
     """Train a RAQ-VAE on image folders or the CIFAR-10 zip (SOURCES), writing a model file."""
     import torch
 
@@ -180,7 +186,8 @@ def train(sources, out, config, val_source, steps, minutes, batch, crop, lr, see
     if threads:
         torch.set_num_threads(threads)
     run(TrainOptions(sources=list(sources), out=out, config=config, val_source=val_source, steps=steps,
-                     minutes=minutes, batch=batch, crop=crop, lr=lr, seed=seed, checkpoint_minutes=checkpoint_minutes,
+                     minutes=minutes, batch=batch, crop=crop, lr=lr, lr_end=lr_end, seed=seed,
+                     checkpoint_minutes=checkpoint_minutes,
                      resume=resume, init=init, device=str(resolve_device(device)), split=split))
     click.echo(f"wrote {out}")
 
@@ -188,7 +195,9 @@ def train(sources, out, config, val_source, steps, minutes, batch, crop, lr, see
 @main.command("eval")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @model_option
-@click.option("--codebook-sizes", default="16,24,32,64,128,256,512,1024,2048,4096", show_default=True)
+@click.option("--codebook-sizes", default=None,
+              help="Settings, comma-separated: an eK (stage 1 alone) or eK+eK+... per stage "
+                   "(default: the raq rd sweep along the model's rate ladder).")
 @click.option("--method", type=click.Choice(["data", "model"]), default="data", show_default=True,
               help="data: the Seq2Seq generator; model: DKM/IKM on the base codebook.")
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
@@ -196,12 +205,16 @@ def train(sources, out, config, val_source, steps, minutes, batch, crop, lr, see
 @device_option
 def evaluate_cmd(folder, model_path, codebook_sizes, method, limit, json_out, device) -> None:
     """PSNR, MS-SSIM, bpp, perplexity and usage per codebook size over an image folder."""
-    from raqcodec.codec import get_model
+    from raqcodec.codec import as_setting, check_setting, get_model
     from raqcodec.evaluate import evaluate, markdown_table
+    from raqcodec.rd import ladder_sweep
 
     model = get_model(model_path, device)
-    sizes = [int(s) for s in codebook_sizes.split(",") if s.strip()]
-    results = evaluate(model, folder, sizes, limit=limit, method=method)
+    settings = ladder_sweep(model) if codebook_sizes is None else \
+        [as_setting(s.strip()) for s in codebook_sizes.split(",") if s.strip()]
+    for setting in settings:
+        check_setting(model, setting)
+    results = evaluate(model, folder, settings, limit=limit, method=method)
     click.echo(markdown_table(results))
     if json_out:
         doc = {"model": str(model_path or "default"), "dataset": str(folder), "method": method,
@@ -222,8 +235,8 @@ def evaluate_cmd(folder, model_path, codebook_sizes, method, limit, json_out, de
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images by name.")
 @click.option("--reference", default="jpeg", show_default=True, help="Curve the BD metrics are measured against.")
 @click.option("--codebook-sizes", default=None,
-              help="eK sweep of the raq curves, comma-separated (default: 16..4096 in 18 steps), "
-                   "clipped to each model's range.")
+              help="eK sweep of the raq curves along every stage of the rate ladder, comma-separated "
+                   "(default: 2..4096 in 17 steps), clipped to each model's range; eK+eK items are exact settings.")
 @device_option
 def rd_cmd(folder, out_png, json_out, model_paths, codecs, anchor_paths, limit, reference, codebook_sizes,
            device) -> None:

@@ -1,9 +1,13 @@
-"""The codec: image <-> .raq bytes, with rate control over the adapted codebook size eK.
+"""The codec: image <-> .raq bytes, with rate control over the rate ladder of codebook sizes.
 
-    image -> pad to f -> g_a -> z -> quantize(codebook(eK)) -> indices (G, h, w) -> entropy coder -> header + payload
-    bytes -> header checks -> entropy decoder -> indices -> lookup(codebook(eK)) -> g_s -> crop -> image
+    image -> pad to f -> g_a -> z -> quantize stage by stage (codebook(eK_s) of each stage s, on the residual the
+             earlier stages left) -> indices, one (G, h, w) grid per stage -> entropy coder -> header + payload
+    bytes -> header checks -> entropy decoder -> indices -> sum of lookups in codebook(eK_s) -> g_s -> crop -> image
 
-The latent z is computed once per image; rate control then only re-quantises and re-codes it per trial eK.
+A SETTING is one eK per stage used, stage 1 first: (256,) or (4096, 64). A model with S stages has the rate
+ladder: stage 1 alone at eK = min..max, then for s = 2..S the earlier stages at the largest eK and stage s at
+eK = min..max (the settings the model was trained on). The latent z is computed once per image; rate control
+then only re-quantises and re-codes it per trial setting.
 """
 from __future__ import annotations
 
@@ -49,13 +53,59 @@ class Latent:
     color_mode: int
 
 
+Setting = tuple[int, ...]
+
+
+def as_setting(codebook_size: int | tuple[int, ...] | list[int] | str) -> Setting:
+    """A setting from an eK (512), one eK per stage ((4096, 64)), or a label ("4096+64")."""
+    if isinstance(codebook_size, str):
+        try:
+            return tuple(int(part) for part in codebook_size.split("+"))
+        except ValueError:
+            raise CodecError(f"codebook size {codebook_size!r} is not an integer or eK+eK+...") from None
+    if isinstance(codebook_size, (int, np.integer)) and not isinstance(codebook_size, bool):
+        return (int(codebook_size),)
+    if isinstance(codebook_size, (tuple, list)) and codebook_size and \
+            all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in codebook_size):
+        return tuple(int(v) for v in codebook_size)
+    raise CodecError(f"codebook size must be an integer or one integer per stage, got {codebook_size!r}")
+
+
+def setting_label(setting: Setting) -> str:
+    """'256' for one stage, '4096+64' for two."""
+    return "+".join(str(size) for size in setting)
+
+
+def check_setting(model: RAQVAE, setting: Setting) -> None:
+    """CodecError unless the model has that many stages and every eK is in its range."""
+    cfg = model.cfg
+    if len(setting) > cfg.stages:
+        raise CodecError(f"{len(setting)} codebook sizes given, but the model has {cfg.stages} stage(s)")
+    for size in setting:
+        if not cfg.min_codebook_size <= size <= cfg.max_codebook_size:
+            raise CodecError(f"codebook size {size} is outside the model's range "
+                             f"{cfg.min_codebook_size}..{cfg.max_codebook_size}")
+
+
+def rate_ladder(model: RAQVAE) -> list[Setting]:
+    """The model's settings in order of rate: stage 1 at eK = min..max, then each further stage at min..max
+    with the earlier stages at the largest eK."""
+    cfg = model.cfg
+    sizes = range(cfg.min_codebook_size, cfg.max_codebook_size + 1)
+    return [(cfg.max_codebook_size,) * stage + (size,) for stage in range(cfg.stages) for size in sizes]
+
+
 @dataclass
 class Encoded:
-    """One encode: the .raq bytes, its header and the indices (G, h, w) int32 it carries."""
+    """One encode: the .raq bytes, its header and the index grids it carries (one (G, h, w) int32 per stage)."""
 
     data: bytes
     header: bitstream.Header
-    indices: np.ndarray
+    indices: list[np.ndarray]
+
+    @property
+    def setting(self) -> Setting:
+        return self.header.codebook_sizes
 
     @property
     def bpp(self) -> float:
@@ -72,61 +122,67 @@ def analyse(model: RAQVAE, image) -> Latent:
     return Latent(analysis_tiled(model, x), width, height, color_mode)
 
 
-def encode_latent(model: RAQVAE, latent: Latent, codebook_size: int, codebook: torch.Tensor | None = None) -> Encoded:
-    """Quantise a latent with codebook(eK) (or the given (G, eK, dg) table) and write the whole .raq file."""
+def encode_latent(model: RAQVAE, latent: Latent, codebook_size: int | Setting,
+                  codebooks: list[torch.Tensor] | None = None) -> Encoded:
+    """Quantise a latent with one codebook(eK_s) per stage of the setting (or the given (G, eK_s, dg) tables)
+    and write the whole .raq file."""
+    setting = as_setting(codebook_size)
+    check_setting(model, setting)
+    tables = model.codebooks(setting) if codebooks is None else codebooks
+    indices = [idx[0].cpu().numpy().astype(np.int32) for idx in model.quantize_stages(latent.z, tables)]
+    entropy_model = entropy.choose_stage_entropy_model(indices, list(setting))
+    payload = entropy.encode_stages(indices, list(setting), entropy_model)
     cfg = model.cfg
-    if not cfg.min_codebook_size <= codebook_size <= cfg.max_codebook_size:
-        raise CodecError(f"codebook size {codebook_size} is outside the model's range "
-                         f"{cfg.min_codebook_size}..{cfg.max_codebook_size}")
-    table = model.codebook(codebook_size) if codebook is None else codebook
-    indices = model.quantize(latent.z, table)[0].cpu().numpy().astype(np.int32)
-    entropy_model = entropy.choose_entropy_model(indices, codebook_size)
-    payload = entropy.encode_indices(indices, codebook_size, entropy_model)
     header = bitstream.Header(
         model_fingerprint=model_fingerprint(model), width=latent.width, height=latent.height,
-        color_mode=latent.color_mode, codebook_size=codebook_size, groups=cfg.groups,
-        downsample=cfg.downsample, entropy_model=entropy_model, payload_length=len(payload))
+        color_mode=latent.color_mode, codebook_size=setting[0], groups=cfg.groups,
+        downsample=cfg.downsample, entropy_model=entropy_model, payload_length=len(payload),
+        residual_sizes=setting[1:])
     return Encoded(bitstream.pack(header, payload), header, indices)
 
 
-def choose_codebook_size(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
-    """The encode with the LARGEST eK whose whole file is <= bpp bits per pixel (real trial encodes).
+def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
+    """The encode with the HIGHEST setting on the rate ladder whose whole file is <= bpp bits per pixel.
 
-    File size grows with eK but not strictly (each eK has its own generated codebook), so a binary search
-    brackets a boundary, then probes 2 to 20% above it look for a larger eK that still fits; when one does,
-    the search resumes above it. A target below the smallest file is a CodecError naming the smallest
-    achievable bpp; a target above the largest file gives the largest eK with a warning.
+    File size grows along the ladder but not strictly (each eK has its own generated codebook), so a binary
+    search brackets a boundary, then probes 2 to 20% above it (in eK, within the same stage) look for a higher
+    setting that still fits; when one does, the search resumes above it. A target below the smallest file is a
+    CodecError naming the smallest achievable bpp; a target above the largest file gives the largest setting
+    with a warning.
     """
-    cfg = model.cfg
+    ladder = rate_ladder(model)
+    position = {setting: i for i, setting in enumerate(ladder)}
     trials: dict[int, Encoded] = {}
 
-    def fits(size: int) -> bool:
-        if size not in trials:
-            trials[size] = encode_latent(model, latent, size)
-        return trials[size].bpp <= bpp
+    def fits(i: int) -> bool:
+        if i not in trials:
+            trials[i] = encode_latent(model, latent, ladder[i])
+        return trials[i].bpp <= bpp
 
-    lo, hi = cfg.min_codebook_size, cfg.max_codebook_size
+    lo, hi = 0, len(ladder) - 1
     if not fits(lo):
         raise CodecError(f"target {bpp:g} bpp is below the smallest achievable rate for this image, "
-                         f"{trials[lo].bpp:.4f} bpp (eK={lo})")
+                         f"{trials[lo].bpp:.4f} bpp (eK={setting_label(ladder[lo])})")
     if fits(hi):
         if trials[hi].bpp < bpp:
-            warnings.warn(f"target {bpp:g} bpp is above the model's largest rate for this image; "
-                          f"using the largest codebook eK={hi} ({trials[hi].bpp:.4f} bpp)", stacklevel=3)
+            warnings.warn(f"target {bpp:g} bpp is above the model's largest rate for this image; using the "
+                          f"largest setting eK={setting_label(ladder[hi])} ({trials[hi].bpp:.4f} bpp)", stacklevel=3)
         return trials[hi]
+    largest = model.cfg.max_codebook_size
     while True:
         while hi - lo > 1:  # invariant: lo fits, hi does not
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        probes = sorted({min(round(lo * f), cfg.max_codebook_size - 1) for f in (1.02, 1.05, 1.1, 1.2)} - {lo})
-        above = [size for size in probes if size > lo and fits(size)]
+        *prefix, size = ladder[lo]
+        probes = sorted({position[(*prefix, min(round(size * f), largest - 1))] for f in (1.02, 1.05, 1.1, 1.2)})
+        above = [i for i in probes if i > lo and fits(i)]
         if not above:
             return trials[lo]
         lo = max(above)
-        hi = min(size for size, enc in trials.items() if size > lo and enc.bpp > bpp)
+        hi = min(i for i, enc in trials.items() if i > lo and enc.bpp > bpp)
 
 
-def encode(image, *, bpp: float | None = None, codebook_size: int | None = None,
+def encode(image, *, bpp: float | None = None, codebook_size: int | Setting | str | None = None,
            model: RAQVAE | str | os.PathLike | None = None, device: str = "auto") -> Encoded:
     """compress() with the details: the Encoded record (bytes, header, indices)."""
     if (bpp is None) == (codebook_size is None):
@@ -136,15 +192,16 @@ def encode(image, *, bpp: float | None = None, codebook_size: int | None = None,
     net = get_model(model, device)
     latent = analyse(net, image)
     if codebook_size is not None:
-        return encode_latent(net, latent, int(codebook_size))
-    return choose_codebook_size(net, latent, float(bpp))
+        return encode_latent(net, latent, as_setting(codebook_size))
+    return choose_setting(net, latent, float(bpp))
 
 
-def compress(image, *, bpp: float | None = None, codebook_size: int | None = None,
+def compress(image, *, bpp: float | None = None, codebook_size: int | Setting | str | None = None,
              model: RAQVAE | str | os.PathLike | None = None, device: str = "auto") -> bytes:
     """Encode an image (path, PIL image, or HxWx3 uint8 array) to .raq bytes.
 
-    bpp: target whole-file bits per pixel (the largest eK that fits is chosen); codebook_size: a fixed eK.
+    bpp: target whole-file bits per pixel (the highest setting of the rate ladder that fits is chosen);
+    codebook_size: a fixed setting: an eK (stage 1 alone), one eK per stage such as (4096, 64), or "4096+64".
     Give exactly one. model: a RAQVAE, a model-file path, or None for the shipped model.
     """
     return encode(image, bpp=bpp, codebook_size=codebook_size, model=model, device=device).data
@@ -163,17 +220,18 @@ def check_compatible(model: RAQVAE, header: bitstream.Header) -> None:
                          f"(fingerprint {header.model_fingerprint.hex()}, model has {model_fingerprint(model).hex()})")
     if (header.groups, header.downsample) != (cfg.groups, cfg.downsample):
         raise CodecError("this .raq file's latent layout does not match the model")
-    if not cfg.min_codebook_size <= header.codebook_size <= cfg.max_codebook_size:
-        raise CodecError(f"codebook size {header.codebook_size} is outside the model's range")
+    check_setting(model, header.codebook_sizes)
 
 
 @torch.no_grad()
-def reconstruct(model: RAQVAE, indices: np.ndarray, codebook_size: int, width: int, height: int,
-                codebook: torch.Tensor | None = None) -> np.ndarray:
-    """Indices (G, h, w) -> decoded pixels (height, width, 3) uint8, with codebook(eK) or the given table."""
-    codebook = model.codebook(codebook_size) if codebook is None else codebook
-    idx = torch.from_numpy(indices.astype(np.int64)).unsqueeze(0).to(codebook.device)
-    x_hat = synthesis_tiled(model, model.dequantize(idx, codebook))
+def reconstruct(model: RAQVAE, indices: list[np.ndarray], codebook_size: int | Setting, width: int, height: int,
+                codebooks: list[torch.Tensor] | None = None) -> np.ndarray:
+    """One index grid (G, h, w) per stage -> decoded pixels (height, width, 3) uint8, with codebook(eK_s) of
+    each stage or the given tables."""
+    tables = model.codebooks(as_setting(codebook_size)) if codebooks is None else codebooks
+    device = tables[0].device
+    grids = [torch.from_numpy(grid.astype(np.int64)).unsqueeze(0).to(device) for grid in indices]
+    x_hat = synthesis_tiled(model, model.dequantize_stages(grids, tables))
     return to_uint8(x_hat[:, :, :height, :width])
 
 
@@ -184,6 +242,6 @@ def decompress(data: bytes, *, model: RAQVAE | str | os.PathLike | None = None, 
     header, payload = bitstream.unpack(bytes(data))
     net = get_model(model, device)
     check_compatible(net, header)
-    indices = entropy.decode_indices(payload, header.latent_shape, header.codebook_size, header.entropy_model)
-    pixels = reconstruct(net, indices, header.codebook_size, header.width, header.height)
+    indices = entropy.decode_stages(payload, header.latent_shape, list(header.codebook_sizes), header.entropy_model)
+    pixels = reconstruct(net, indices, header.codebook_sizes, header.width, header.height)
     return to_pil(pixels, header.color_mode)

@@ -27,6 +27,14 @@ stored in the file header:
     The encoder picks, per group, the ``j`` giving the smallest ideal code
     length (it can evaluate all 8 in one pass over the data).
 
+Residual stages
+---------------
+A file with S quantisation stages carries S index grids of the same shape
+``(G, h, w)``, stage ``s`` with alphabet ``eK_s``.  They are coded one after
+the other (stage 1 first) into ONE range-coder stream, each stage exactly as
+a one-stage grid would be (for ADAPTIVE: its own increment choice and counts
+per group).  With S = 1 this is the version-1 payload, byte for byte.
+
 Determinism
 -----------
 Encoder and decoder must build bit-identical probability tables.  Counts
@@ -96,8 +104,12 @@ __all__ = [
     "block_lengths",
     "encode_indices",
     "decode_indices",
+    "encode_stages",
+    "decode_stages",
     "ideal_code_length_bits",
+    "ideal_stage_bits",
     "choose_entropy_model",
+    "choose_stage_entropy_model",
 ]
 
 UNIFORM = 0
@@ -253,21 +265,36 @@ def encode_indices(indices: np.ndarray, alphabet_size: int, entropy_model: int) 
     The payload is the range coder's sequence of 32-bit words, each written
     little-endian.  Raises :class:`CodecError` on bad arguments.
     """
-    k = _check_alphabet(alphabet_size)
+    return encode_stages([indices], [alphabet_size], entropy_model)
+
+
+def encode_stages(grids: list[np.ndarray], alphabet_sizes: list[int], entropy_model: int) -> bytes:
+    """Entropy-code one index grid ``(G, h, w)`` per stage (alphabet ``eK_s``) into one payload."""
+    if len(grids) != len(alphabet_sizes) or not grids:
+        raise CodecError("need one alphabet size per stage grid, and at least one stage")
     model = _check_model(entropy_model)
-    arr = _check_indices(indices, k)
-    return _encode(arr.reshape(arr.shape[0], -1), k, model, choices=None)
+    ks = [_check_alphabet(k) for k in alphabet_sizes]
+    arrays = [_check_indices(grid, k) for grid, k in zip(grids, ks)]
+    if len({a.shape for a in arrays}) != 1:
+        raise CodecError("every stage grid must have the same shape")
+    return _encode([(a.reshape(a.shape[0], -1), k) for a, k in zip(arrays, ks)], model, choices=None)
 
 
-def _encode(groups: np.ndarray, k: int, model: int, choices: list[int] | None) -> bytes:
-    """Range-code groups (G, n) of indices; `choices`: the adaptive increment per group, None to pick the best."""
+def _encode(stages: list[tuple[np.ndarray, int]], model: int, choices: list[int] | None) -> bytes:
+    """Range-code each stage's groups (G, n) with its alphabet k, stage after stage.
+
+    `choices`: the adaptive increment per (stage, group) in coding order, None to pick the best.
+    """
     encoder = _RangeEncoder()
-    if model == UNIFORM:
-        encoder.encode(groups.reshape(-1), _Categorical(_uniform_probs(k), perfect=False))
-    else:
-        choice_model = _Categorical(_uniform_probs(len(INCREMENTS)), perfect=False)
-        for g, sym in enumerate(groups):
-            choice = int(np.argmin(_adaptive_costs(sym, k))) if choices is None else choices[g]
+    choice_model = _Categorical(_uniform_probs(len(INCREMENTS)), perfect=False)
+    position = 0
+    for groups, k in stages:
+        if model == UNIFORM:
+            encoder.encode(groups.reshape(-1), _Categorical(_uniform_probs(k), perfect=False))
+            continue
+        for sym in groups:
+            choice = int(np.argmin(_adaptive_costs(sym, k))) if choices is None else choices[position]
+            position += 1
             encoder.encode(np.array([choice], dtype=np.int32), choice_model)
             for start, stop, probs in _adaptive_tables(sym, k, INCREMENTS[choice]):
                 encoder.encode(sym[start:stop], _Categorical(probs, perfect=False))
@@ -283,7 +310,20 @@ def decode_indices(
     Decodes exactly ``G*h*w`` symbols (bounded time on any input).  Every
     failure raises :class:`CodecError`.
     """
-    k = _check_alphabet(alphabet_size)
+    return decode_stages(payload, shape, [alphabet_size], entropy_model)[0]
+
+
+def decode_stages(
+    payload: bytes, shape: tuple[int, int, int], alphabet_sizes: list[int], entropy_model: int
+) -> list[np.ndarray]:
+    """Decode a payload written by :func:`encode_stages`: one int32 grid ``shape`` per alphabet size.
+
+    Decodes exactly ``S*G*h*w`` symbols (bounded time on any input).  Every
+    failure raises :class:`CodecError`.
+    """
+    ks = [_check_alphabet(k) for k in alphabet_sizes]
+    if not ks:
+        raise CodecError("need at least one stage")
     model = _check_model(entropy_model)
     dims = _check_shape(shape)
     if not isinstance(payload, (bytes, bytearray, memoryview)):
@@ -296,38 +336,36 @@ def decode_indices(
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     n_groups, per_group = dims[0], dims[1] * dims[2]
 
-    out = np.empty((n_groups, per_group), dtype=np.int32)
+    outs = [np.empty((n_groups, per_group), dtype=np.int32) for _ in ks]
     choices: list[int] = []
     try:
         decoder = _RangeDecoder(words)
-        if model == UNIFORM:
-            flat = decoder.decode(
-                _Categorical(_uniform_probs(k), perfect=False), n_groups * per_group
-            )
-            out[...] = np.asarray(flat, dtype=np.int32).reshape(n_groups, per_group)
-        else:
-            choice_model = _Categorical(_uniform_probs(len(INCREMENTS)), perfect=False)
+        choice_model = _Categorical(_uniform_probs(len(INCREMENTS)), perfect=False)
+        for out, k in zip(outs, ks):
+            if model == UNIFORM:
+                flat = decoder.decode(_Categorical(_uniform_probs(k), perfect=False), n_groups * per_group)
+                out[...] = np.asarray(flat, dtype=np.int32).reshape(n_groups, per_group)
+                continue
             for sym in out:
                 choice = int(np.asarray(decoder.decode(choice_model, 1))[0])
                 if not 0 <= choice < len(INCREMENTS):
                     raise CodecError("corrupt payload: bad adaptation parameter")
                 choices.append(choice)
                 for start, stop, probs in _adaptive_tables(sym, k, INCREMENTS[choice]):
-                    sym[start:stop] = decoder.decode(
-                        _Categorical(probs, perfect=False), stop - start
-                    )
+                    sym[start:stop] = decoder.decode(_Categorical(probs, perfect=False), stop - start)
     except CodecError:
         raise
     except Exception as exc:  # constriction raises assorted exception types
         raise CodecError(f"corrupt payload: entropy decoding failed ({exc})") from None
-    if int(out.min()) < 0 or int(out.max()) >= k:
-        raise CodecError("corrupt payload: decoded index out of range")
+    for out, k in zip(outs, ks):
+        if int(out.min()) < 0 or int(out.max()) >= k:
+            raise CodecError("corrupt payload: decoded index out of range")
     # The range decoder reads zeros past the end of the data and never fails on garbage, so a payload is
     # accepted only if re-encoding the decoded indices (with the increments read from the stream, so no float
     # comparison is involved) gives it back byte for byte.
-    if _encode(out, k, model, choices or None) != payload:
+    if _encode(list(zip(outs, ks)), model, choices or None) != payload:
         raise CodecError("corrupt payload: it does not match the decoded indices")
-    return out.reshape(dims)
+    return [out.reshape(dims) for out in outs]
 
 
 def ideal_code_length_bits(indices: np.ndarray, alphabet_size: int, entropy_model: int) -> float:
@@ -348,6 +386,17 @@ def ideal_code_length_bits(indices: np.ndarray, alphabet_size: int, entropy_mode
     for sym in arr.reshape(arr.shape[0], -1):
         total += _CHOICE_BITS + float(_adaptive_costs(sym, k).min())
     return total
+
+
+def ideal_stage_bits(grids: list[np.ndarray], alphabet_sizes: list[int], entropy_model: int) -> float:
+    """:func:`ideal_code_length_bits` summed over the stages of a multi-stage payload."""
+    return sum(ideal_code_length_bits(grid, k, entropy_model) for grid, k in zip(grids, alphabet_sizes))
+
+
+def choose_stage_entropy_model(grids: list[np.ndarray], alphabet_sizes: list[int]) -> int:
+    """The entropy model id giving the smaller payload for all stages together (UNIFORM wins ties)."""
+    adaptive = ideal_stage_bits(grids, alphabet_sizes, ADAPTIVE)
+    return ADAPTIVE if adaptive < ideal_stage_bits(grids, alphabet_sizes, UNIFORM) else UNIFORM
 
 
 def choose_entropy_model(indices: np.ndarray, alphabet_size: int) -> int:

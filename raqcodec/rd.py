@@ -29,7 +29,7 @@ from PIL import Image, features
 from tqdm import tqdm
 
 from raqcodec.bd import bd_psnr, bd_rate
-from raqcodec.codec import analyse, encode_latent, get_model, reconstruct
+from raqcodec.codec import Setting, analyse, as_setting, check_setting, encode_latent, get_model, reconstruct
 from raqcodec.data import list_images
 from raqcodec.errors import CodecError
 from raqcodec.image_io import load_image
@@ -38,8 +38,8 @@ from raqcodec.models import RAQVAE
 
 Curve = dict[str, Any]
 
-RAQ_SIZES = (16, 20, 24, 32, 48, 64, 100, 128, 200, 256, 400, 512, 800, 1024, 1500, 2048, 3000, 4096)
-"""Default eK sweep of a raqcodec curve, clipped to each model's range."""
+RAQ_SIZES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096)
+"""Default eK sweep of a raqcodec curve along each stage of the rate ladder, clipped to each model's range."""
 
 PILLOW_CODECS = {
     "jpeg": ("JPEG", (3, 5, 10, 15, 20, 30, 40, 50, 60, 75, 85)),
@@ -131,29 +131,36 @@ def measure_pillow(images: Sequence[np.ndarray], fmt: str, qualities: Sequence[i
     return _mean_curve(name, scores)
 
 
-def codebook_sizes(model: RAQVAE, sizes: Sequence[int] = RAQ_SIZES) -> list[int]:
-    """The eK values of `sizes` inside the model's range min_codebook_size..max_codebook_size."""
-    low, high = model.cfg.min_codebook_size, model.cfg.max_codebook_size
-    kept = [size for size in sizes if low <= size <= high]
-    if not kept:
-        raise CodecError(f"no codebook size in {list(sizes)} is inside the model's range {low}..{high}")
-    return kept
+def ladder_sweep(model: RAQVAE, sizes: Sequence[int | Setting] = RAQ_SIZES) -> list[Setting]:
+    """Settings of a raqcodec curve: plain eK values are swept along every stage of the model's rate ladder
+    (stage 1 alone at each eK, then stage s at each eK with the earlier stages at the largest), clipped to its
+    range; tuples are exact settings, kept as given (CodecError if one does not fit the model)."""
+    cfg = model.cfg
+    exact = [size for size in sizes if isinstance(size, tuple)]
+    for setting in exact:
+        check_setting(model, setting)
+    kept = [size for size in sizes if not isinstance(size, tuple) and cfg.min_codebook_size <= size <= cfg.max_codebook_size]
+    if not kept and not exact:
+        raise CodecError(f"no codebook size in {list(sizes)} is inside the model's range "
+                         f"{cfg.min_codebook_size}..{cfg.max_codebook_size}")
+    top = cfg.max_codebook_size
+    return [(top,) * stage + (size,) for stage in range(cfg.stages) for size in kept] + exact
 
 
 @torch.no_grad()
-def measure_raq(model: RAQVAE, images: Sequence[np.ndarray], sizes: Sequence[int], *, name: str = "raqcodec",
+def measure_raq(model: RAQVAE, images: Sequence[np.ndarray], settings: Sequence[Setting], *, name: str = "raqcodec",
                 progress: bool = True) -> Curve:
-    """The curve of a model over eK values (all inside its range), with real .raq file sizes.
+    """The curve of a model over settings (one eK per stage, all inside its range), with real .raq file sizes.
 
-    Each image is analysed once; its latent is re-quantised, coded and decoded per eK.
+    Each image is analysed once; its latent is re-quantised, coded and decoded per setting.
     """
-    scores = np.zeros((len(sizes), len(images), 3))
-    with _progress(name, len(sizes) * len(images), progress) as bar:
+    scores = np.zeros((len(settings), len(images), 3))
+    with _progress(name, len(settings) * len(images), progress) as bar:
         for i, image in enumerate(images):
             latent = analyse(model, image)
-            for j, size in enumerate(sizes):
-                encoded = encode_latent(model, latent, size)
-                decoded = reconstruct(model, encoded.indices, size, latent.width, latent.height)
+            for j, setting in enumerate(settings):
+                encoded = encode_latent(model, latent, setting)
+                decoded = reconstruct(model, encoded.indices, setting, latent.width, latent.height)
                 scores[j, i] = _score(image, decoded, len(encoded.data))
                 bar.update()
     return _mean_curve(name, scores)
@@ -304,13 +311,14 @@ def split_list(text: str, option: str) -> list[str]:
     return items
 
 
-def parse_sizes(text: str) -> list[int]:
-    """A comma-separated list of codebook sizes eK -> integers."""
+def parse_sizes(text: str) -> list[int | Setting]:
+    """A comma-separated list of codebook sizes: integers eK (swept along the ladder) or exact settings
+    eK+eK+... (tuples)."""
     items = split_list(text, "--codebook-sizes")
     try:
-        return [int(item) for item in items]
-    except ValueError:
-        raise CodecError(f"--codebook-sizes must be comma-separated integers, got {text!r}") from None
+        return [as_setting(item) if "+" in item else int(item) for item in items]
+    except (ValueError, CodecError):
+        raise CodecError(f"--codebook-sizes must be comma-separated integers or eK+eK settings, got {text!r}") from None
 
 
 def _parse_codecs(codecs: Sequence[str]) -> list[str]:
@@ -349,7 +357,7 @@ def _name_anchors(anchors: Sequence[Curve], sources: Sequence[str | Path], taken
 
 def run_rd(folder: str | Path, *, models: Sequence[str | None] = (None,), codecs: Sequence[str] = CODECS,
            anchors: Sequence[str | Path] = (), limit: int | None = None, reference: str = "jpeg",
-           sizes: Sequence[int] = RAQ_SIZES, device: str = "auto", out_png: str | Path | None = None,
+           sizes: Sequence[int | Setting] = RAQ_SIZES, device: str = "auto", out_png: str | Path | None = None,
            out_json: str | Path | None = None, progress: bool = True) -> RDResult:
     """Measure the codecs on the first `limit` images of `folder`, add the anchors, BD against `reference`.
 
@@ -366,7 +374,7 @@ def run_rd(folder: str | Path, *, models: Sequence[str | None] = (None,), codecs
                          f"{', '.join(measured_names + list(anchor_curves))}")
     images = load_images(folder, limit)
     raq_models = {name: get_model(path, device) for name, path in zip(raq_names, models)}
-    raq_sizes = {name: codebook_sizes(model, sizes) for name, model in raq_models.items()}
+    raq_sizes = {name: ladder_sweep(model, sizes) for name, model in raq_models.items()}
     measured: dict[str, Curve] = {}
     for name, model in raq_models.items():
         measured[name] = measure_raq(model, images, raq_sizes[name], name=name, progress=progress)

@@ -3,7 +3,11 @@
 eK is drawn once per step from a LOG-UNIFORM distribution over the integers [min_codebook_size,
 max_codebook_size] (round(exp(U(log min, log max)))). The reference code draws eK uniformly over integers, which
 puts ~3/4 of the steps above 512; log-uniform gives every octave of rate the same share of training.
-`size_sampling="uniform"` trains with the reference code's rule instead (an ablation).
+`size_sampling="uniform"` trains with the reference code's rule instead (an ablation). A model with residual
+stages draws one eK per stage, independently, by the same rule.
+
+Learning rate: constant, or with `lr_end` a cosine decay from `lr` to `lr_end` over this run's budget (the
+larger of the fractions of `steps` and of `minutes` used so far).
 """
 from __future__ import annotations
 
@@ -29,13 +33,14 @@ class TrainOptions:
 
     sources: list[str]
     out: str
-    config: str = "default"
+    config: str | None = None  # named config; None: "default", or the --init file's own config
     val_source: str | None = None
     steps: int = 100_000
     minutes: float = float("inf")
     batch: int = 16
     crop: int = 64
     lr: float = 2e-4
+    lr_end: float | None = None  # cosine decay of the learning rate to this value over the run (None: constant)
     seed: int = 0
     checkpoint_minutes: float = 5.0
     resume: bool = False
@@ -60,6 +65,18 @@ def sample_codebook_size(rng: random.Random, lo: int, hi: int, sampling: str = "
     return min(hi, max(lo, round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.5))))))
 
 
+def setting_label(sizes: tuple[int, ...]) -> str:
+    """'256' for one stage at eK=256, '4096+64' for two stages."""
+    return "+".join(str(size) for size in sizes)
+
+
+def cosine_lr(lr: float, lr_end: float | None, progress: float) -> float:
+    """Learning rate after a fraction `progress` in [0, 1] of the run: lr, or cosine from lr to lr_end."""
+    if lr_end is None:
+        return lr
+    return lr_end + 0.5 * (lr - lr_end) * (1 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -73,35 +90,58 @@ def psnr_from_mse(mse: float) -> float:
     return 10 * math.log10(1.0 / max(mse, 1e-12))
 
 
+def validation_settings(cfg: ModelConfig) -> list[tuple[int, ...]]:
+    """The settings validated during training: stage 1 at the smallest, base and largest eK, then each further
+    stage at those sizes with the earlier stages at their largest (one setting for a fixed-rate model)."""
+    if not cfg.adaptive:
+        return [(cfg.base_codebook_size,)]
+    sizes = (cfg.min_codebook_size, cfg.base_codebook_size, cfg.max_codebook_size)
+    return [(cfg.max_codebook_size,) * stage + (size,) for stage in range(cfg.stages) for size in sizes]
+
+
 @torch.no_grad()
-def validate(model: RAQVAE, crops: torch.Tensor, sizes: tuple[int, ...]) -> dict[int, float]:
-    """PSNR (dB, [0,1] pixels, 8-bit rounded) of val crops (N, 3, S, S) per eK, generated codebooks
-    (the base codebook, whatever the size, for a fixed-rate model)."""
+def validate(model: RAQVAE, crops: torch.Tensor, settings: list[tuple[int, ...]]) -> dict[str, float]:
+    """PSNR (dB, [0,1] pixels, 8-bit rounded) of val crops (N, 3, S, S) per setting (one eK per stage used),
+    generated codebooks (the base codebook, whatever the size, for a fixed-rate model), keyed by setting_label."""
     was_training = model.training
     model.eval()
     out = {}
-    for size in sizes:
-        codebook = model.codebook(size) if model.cfg.adaptive else model.base.embed
+    for sizes in settings:
+        codebooks = model.codebooks(sizes) if model.cfg.adaptive else [model.base.embed]
         mses = []
         for chunk in crops.split(8):
             chunk = chunk.to(model.base.embed.device)
             z = model.analysis(chunk)
-            x_hat = model.synthesis(model.dequantize(model.quantize(z, codebook), codebook))
+            x_hat = model.synthesis(model.dequantize_stages(model.quantize_stages(z, codebooks), codebooks))
             x_hat = (x_hat.clamp(0, 1) * 255).round() / 255
             mses.append(((x_hat - chunk) ** 2).flatten(1).mean(1))
-        out[size] = float(np.mean([psnr_from_mse(m) for m in torch.cat(mses).tolist()]))
+        out[setting_label(sizes)] = float(np.mean([psnr_from_mse(m) for m in torch.cat(mses).tolist()]))
     model.train(was_training)
     return out
 
 
-def _build_model(opts: TrainOptions) -> RAQVAE:
-    if opts.init:
-        payload = read_model_file(opts.init)
-        model = RAQVAE(ModelConfig.from_dict(payload["config"]))
-        model.load_state_dict(payload["state_dict"])
-        model.init_metadata = payload.get("metadata", {})
-        return model
-    return RAQVAE(named_config(opts.config, **opts.config_overrides))
+def _build_model(opts: TrainOptions) -> tuple[RAQVAE, int]:
+    """The model to train and the first stage whose weights are new (cfg.stages when all were loaded).
+
+    With --init and no --config, the init file's configuration; with both, the named configuration, taking
+    every weight of the init file whose name and shape match. Residual stages the file lacks start with a copy
+    of stage 1's generator (a trained codebook-to-codebook mapping) and base codebooks set from the data.
+    """
+    if not opts.init:
+        return RAQVAE(named_config(opts.config or "default", **opts.config_overrides)), 1
+    payload = read_model_file(opts.init)
+    cfg = ModelConfig.from_dict(payload["config"]) if opts.config is None else \
+        named_config(opts.config, **opts.config_overrides)
+    model = RAQVAE(cfg)
+    own = model.state_dict()
+    loaded = {k: v for k, v in payload["state_dict"].items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(loaded, strict=False)
+    new_stage = next((s for s in range(1, cfg.stages)
+                      if not any(k.startswith(f"residual_stages.{s - 1}.") for k in loaded)), cfg.stages)
+    for stage in range(new_stage, cfg.stages):
+        model.stage_parts(stage)[1].load_state_dict(model.generator.state_dict())
+    model.init_metadata = payload.get("metadata", {})
+    return model, new_stage
 
 
 def train(opts: TrainOptions) -> RAQVAE:
@@ -119,7 +159,8 @@ def train(opts: TrainOptions) -> RAQVAE:
         val_crops = center_crops(load_source(opts.val_source), 256)[:32] if opts.val_source else None
     sampler = CropSampler(images, opts.crop, opts.seed)
 
-    model = _build_model(opts).to(device)
+    model, new_stage = _build_model(opts)
+    model = model.to(device)
     cfg = model.cfg
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
     prior = getattr(model, "init_metadata", {})
@@ -145,19 +186,17 @@ def train(opts: TrainOptions) -> RAQVAE:
     def metadata() -> dict:
         return {"data": [str(s) for s in opts.sources], "val": opts.val_source, "steps": step,
                 "train_seconds": round(elapsed, 1), "batch": opts.batch, "crop": opts.crop, "lr": opts.lr,
-                "lr_schedule": lr_schedule,
+                "lr_schedule": lr_schedule, "lr_end": opts.lr_end, "device": str(device),
                 "seed": opts.seed, "codebook_size_sampling": f"{opts.size_sampling} integer", "git_commit": git_commit(),
                 "validation": history, "codebook_range": [cfg.min_codebook_size, cfg.max_codebook_size]}
 
     def checkpoint() -> None:
         improved = True
         if val_crops is not None:
-            sizes = (cfg.min_codebook_size, cfg.base_codebook_size, cfg.max_codebook_size) if cfg.adaptive \
-                else (cfg.base_codebook_size,)
-            psnrs = validate(model, val_crops, sizes)
+            psnrs = validate(model, val_crops, validation_settings(cfg))
             mean = float(np.mean(list(psnrs.values())))
             improved = not history or mean > max(np.mean(list(h["psnr"].values())) for h in history)
-            history.append({"step": step, "psnr": {str(k): round(v, 3) for k, v in psnrs.items()}})
+            history.append({"step": step, "psnr": {k: round(v, 3) for k, v in psnrs.items()}})
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                     "elapsed": elapsed, "history": history, "lr_schedule": lr_schedule, "sampler": sampler.state(),
                     "py_rng": py_rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt_path.with_suffix(".tmp"))
@@ -166,14 +205,23 @@ def train(opts: TrainOptions) -> RAQVAE:
             save_model(model, opts.out, metadata())
 
     model.train()
+    if not (opts.resume and ckpt_path.exists()) and new_stage < cfg.stages:
+        model.init_residual_codebooks(sampler.sample(max(opts.batch, 16)).to(device), new_stage)
     start, last_ckpt = time.monotonic(), time.monotonic()
-    base_elapsed = elapsed
+    base_elapsed, first_step = elapsed, step
+
+    def draw_size() -> int:
+        return sample_codebook_size(py_rng, cfg.min_codebook_size, cfg.max_codebook_size, opts.size_sampling)
+
     bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
     while step < opts.steps and elapsed - base_elapsed < opts.minutes * 60:
-        size = (sample_codebook_size(py_rng, cfg.min_codebook_size, cfg.max_codebook_size, opts.size_sampling)
-                if cfg.adaptive else None)
+        progress = max((step - first_step) / max(opts.steps - first_step, 1), (elapsed - base_elapsed) / (opts.minutes * 60))
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(opts.lr, opts.lr_end, progress)
+        size = draw_size() if cfg.adaptive else None
+        residual_sizes = tuple(draw_size() for _ in range(cfg.stages - 1)) if cfg.adaptive else ()
         x = sampler.sample(opts.batch).to(device)
-        out = model(x, size)
+        out = model(x, size, residual_sizes)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -182,7 +230,8 @@ def train(opts: TrainOptions) -> RAQVAE:
         elapsed = base_elapsed + time.monotonic() - start
         bar.update(1)
         shown = out["mse_adapted"] if cfg.adaptive else out["mse_base"]
-        bar.set_postfix(loss=f"{out['loss'].item():.4f}", psnr=f"{psnr_from_mse(shown.item()):.2f}", eK=size)
+        bar.set_postfix(loss=f"{out['loss'].item():.4f}", psnr=f"{psnr_from_mse(shown.item()):.2f}", eK=size,
+                        psnr_residual=f"{psnr_from_mse(out['mse_residual'].item()):.2f}" if residual_sizes else "-")
         if time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60:
             checkpoint()
             last_ckpt = time.monotonic()

@@ -38,3 +38,15 @@ def tiny_model(image_folder, tmp_path_factory):
                                lr=2e-3, seed=0, checkpoint_minutes=60))
     model.path = str(out)
     return model
+
+
+@pytest.fixture(scope="session")
+def two_stage_model(image_folder, tmp_path_factory):
+    """The 'tiny' configuration with a residual stage (eK 2..4096 per stage), trained for a few seconds."""
+    from raqcodec.train import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("model2") / "tiny2.pt"
+    model = train(TrainOptions(sources=[image_folder], out=str(out), config="tiny", steps=40, batch=4, crop=32,
+                               lr=2e-3, seed=0, checkpoint_minutes=60, config_overrides={"stages": 2}))
+    model.path = str(out)
+    return model

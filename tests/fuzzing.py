@@ -15,7 +15,8 @@ from raqcodec import bitstream
 # (offset, struct format) of each header field, see docs/FORMAT.md
 HEADER_FIELDS = {"version": (4, "<H"), "width": (6, "<H"), "height": (8, "<H"), "codebook_size": (10, "<H"),
                  "color_mode": (12, "<B"), "groups": (13, "<B"), "downsample": (14, "<B"),
-                 "entropy_model": (15, "<B"), "payload_length": (24, "<I")}
+                 "entropy_model": (15, "<B"), "payload_length": (24, "<I"),
+                 "stages": (28, "<B"), "residual_size": (29, "<H")}  # the last two: version 2 files only
 EXTREMES = {"<H": (0, 1, 2, 255, 4097, 65535), "<B": (0, 1, 2, 3, 255), "<I": (0, 1, 4, 2**31, 2**32 - 1)}
 
 
@@ -52,6 +53,8 @@ def set_field(data: bytes, rng: np.random.Generator) -> bytes:
     if name == "payload_length" and rng.random() < 0.5:
         value = max(0, len(data) - 32 + int(rng.integers(-8, 9)))
     out = bytearray(data)
+    if offset + struct.calcsize(fmt) > len(out):  # a file truncated before this field
+        return bytes(out)
     struct.pack_into(fmt, out, offset, value)
     return bytes(out)
 

@@ -43,7 +43,7 @@ def raw_file(*, magic=b"RAQC", version=1, width=100, height=70, codebook_size=40
 
 def test_constants():
     assert B.MAGIC == b"RAQC"
-    assert B.FORMAT_VERSION == 1
+    assert B.FORMAT_VERSION == 2 and B.SUPPORTED_VERSIONS == (1, 2)
     assert B.HEADER_SIZE == 28 == struct.calcsize(LAYOUT)
     assert B.MAX_SIDE == 65535 and B.MAX_PIXELS == 2**27
 
@@ -187,12 +187,12 @@ def test_checksum_mismatch_message_and_read_header_skips_crc():
 
 
 def test_future_and_invalid_version():
-    msg = assert_rejected(raw_file(version=2), "newer raqcodec", "format version 2", "version 1")
-    assert msg == "written by a newer raqcodec (format version 2); this reads version 1"
+    msg = assert_rejected(raw_file(version=3), "newer raqcodec", "format version 3", "versions 1 to 2")
+    assert msg == "written by a newer raqcodec (format version 3); this reads versions 1 to 2"
     assert_rejected(raw_file(version=65535), "newer raqcodec")
     assert_rejected(raw_file(version=0), "version")
     # version is checked before the fields: a future file with odd fields still gets the version error
-    assert_rejected(raw_file(version=3, width=0, entropy_model=200), "newer raqcodec")
+    assert_rejected(raw_file(version=4, width=0, entropy_model=200), "newer raqcodec")
 
 
 @pytest.mark.parametrize("fields", [

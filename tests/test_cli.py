@@ -111,3 +111,30 @@ def test_eval_writes_the_json_schema(tiny_model, photo, tmp_path):
     for r in rows:
         assert {"bpp", "psnr", "ms_ssim", "perplexity", "usage"} <= set(r)
         assert 0 < r["bpp"] and r["usage"] <= r["codebook_size"]
+
+
+def test_two_stage_setting_info_and_eval(two_stage_model, photo, tmp_path):
+    raq, png = tmp_path / "photo.raq", tmp_path / "out.png"
+    res = run("compress", photo, raq, "--codebook-size", "4096+8", "--model", two_stage_model.path)
+    assert res.exit_code == 0, res.output
+    assert "eK=4096+8" in res.output
+    res = run("info", raq)
+    assert res.exit_code == 0 and "version: 2" in res.output and "stages: 2" in res.output
+    assert "residual_sizes: (8,)" in res.output
+    res = run("decompress", raq, png, "--model", two_stage_model.path)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "eval.json"
+    res = run("eval", photo.parent, "--model", two_stage_model.path, "--codebook-sizes", "16,4096+8", "--json", out)
+    assert res.exit_code == 0, res.output
+    import json
+
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["codebook_size"], r["setting"]) for r in rows] == [(16, "16"), (4096, "4096+8")]
+    assert rows[1]["bpp"] > rows[0]["bpp"]
+
+
+def test_bad_setting_is_one_line(tiny_model, photo, tmp_path):
+    res = run("compress", photo, tmp_path / "a.raq", "--codebook-size", "64+x", "--model", tiny_model.path)
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "eK+eK" in res.output
+    res = run("compress", photo, tmp_path / "a.raq", "--codebook-size", "64+64", "--model", tiny_model.path)
+    assert res.exit_code == 1 and "stage" in res.output and not (tmp_path / "a.raq").exists()

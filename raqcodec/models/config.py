@@ -10,7 +10,12 @@ class ModelConfig:
     """Everything needed to rebuild a RAQ-VAE from a state dict.
 
     Rates: an image of H x W pixels has ceil(H/f) * ceil(W/f) latent positions, each holding `groups`
-    indices into an adapted codebook of eK rows, so the raw rate is groups * log2(eK) / f**2 bits per pixel.
+    indices into an adapted codebook of eK rows per quantisation stage used, so the raw rate is
+    sum over stages of groups * log2(eK_s) / f**2 bits per pixel.
+
+    Stages: stage 1 quantises the latent z; stage s > 1 quantises the residual z - (q_1 + ... + q_{s-1}).
+    Every stage has its own base codebooks and its own RAQ generator, so each stage's codebook size is a rate
+    knob of its own, and any prefix of stages decodes.
     """
 
     backbone: str = "gdn"  # "paper" (stride-4 conv + 2 ResBlocks, as RAQ-VAE) or "gdn" (CompressAI-style GDN stack)
@@ -31,17 +36,20 @@ class ModelConfig:
     ema_decay: float = 0.99
     dead_code_threshold: float = 0.03  # EMA usage below which a base code is restarted from an encoder output
     coverage_weight: float = 0.25  # weight of the generated-codebook coverage term (0: the paper's loss)
+    stages: int = 1  # residual quantisation stages (1: plain product VQ, as the RAQ paper)
+    size_feature_lo: int = 0  # eK at which the generator's log2-size feature is 0 (0: min_codebook_size)
 
     @property
     def group_dim(self) -> int:
         """Dimension of one codeword (d / groups)."""
         return self.latent_dim // self.groups
 
-    def raw_bpp(self, codebook_size: int) -> float:
-        """Fixed-length rate in bits per pixel for codebook size eK (no entropy coding)."""
+    def raw_bpp(self, codebook_size: int | tuple[int, ...]) -> float:
+        """Fixed-length rate in bits per pixel for codebook size eK, or one eK per stage (no entropy coding)."""
         import math
 
-        return self.groups * math.log2(codebook_size) / self.downsample**2
+        sizes = (codebook_size,) if isinstance(codebook_size, int) else codebook_size
+        return sum(self.groups * math.log2(size) / self.downsample**2 for size in sizes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,8 +64,12 @@ CONFIGS: dict[str, ModelConfig] = {
     "paper": ModelConfig(backbone="paper", downsample=4, channels=128, latent_dim=64, groups=1,
                          base_codebook_size=128, min_codebook_size=16, max_codebook_size=1024,
                          generator_dropout=0.5),
-    # The shipped natural-image model: GDN transforms at f=8, four product-quantised codebooks.
-    "default": ModelConfig(),
+    # The first shipped model (format-1 files, models before 2026-11-26): one stage, eK 16..4096.
+    "default-v1": ModelConfig(),
+    # The shipped natural-image model: GDN transforms at f=8, four product-quantised codebooks per stage, two
+    # residual stages, eK 2..4096 per stage. The size feature keeps default-v1's scale (0 at eK=16) so that
+    # default-v1 weights continue training in it (`raq train --init`).
+    "default": ModelConfig(stages=2, min_codebook_size=2, size_feature_lo=16),
     # A tiny model for tests: trains in seconds.
     "tiny": ModelConfig(backbone="gdn", downsample=4, channels=16, latent_dim=8, groups=2,
                         base_codebook_size=32, min_codebook_size=2, max_codebook_size=4096,

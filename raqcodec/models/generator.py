@@ -46,8 +46,9 @@ class CodebookGenerator(nn.Module):
         self.out_proj = nn.Linear(hid, cfg.group_dim)
 
     def _size_feature(self, size: int, device: torch.device) -> torch.Tensor:
-        """log2(eK) scaled to [0, 1] over the model's range, shape (1, 1)."""
-        lo, hi = math.log2(self.cfg.min_codebook_size), math.log2(self.cfg.max_codebook_size)
+        """log2(eK) scaled to [0, 1] from size_feature_lo (default: the smallest eK) to the largest, shape (1, 1)."""
+        lo = math.log2(self.cfg.size_feature_lo or self.cfg.min_codebook_size)
+        hi = math.log2(self.cfg.max_codebook_size)
         u = (math.log2(size) - lo) / max(hi - lo, 1e-9)
         return torch.tensor([[u]], dtype=torch.float32, device=device)
 

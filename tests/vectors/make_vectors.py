@@ -1,9 +1,11 @@
-"""Regenerate the format test vectors (run only when the format version is raised on purpose).
+"""Regenerate format test vectors (only when a format version is added on purpose; old vectors stay).
 
-    .venv/bin/python tests/vectors/make_vectors.py
+    .venv/bin/python tests/vectors/make_vectors.py tiny-model-2stage.pt   # only that model's vectors
 
-Writes tests/vectors/: tiny-model.pt (a small fixed model), NAME.raq, NAME.png (its decoded image) and
-vectors.json with the SHA-256 of each file's decoded indices, decoded pixels (raw RGB/L bytes) and PNG.
+Writes tests/vectors/: MODEL (a small fixed model: tiny-model.pt, one stage, format version 1;
+tiny-model-2stage.pt, two stages, format version 2), NAME.raq, NAME.png (its decoded image) and vectors.json
+with, per file, its model and the SHA-256 of its decoded indices (every stage, in order), decoded pixels (raw
+RGB/L bytes) and PNG.
 """
 from __future__ import annotations
 
@@ -27,37 +29,49 @@ from raqcodec.codec import decompress, encode  # noqa: E402
 from raqcodec.modelfile import load_model  # noqa: E402
 from raqcodec.train import TrainOptions, train  # noqa: E402
 
-CASES = {"rgb-33x20-ek16": ((20, 33), 16, False), "rgb-64x48-ek300": ((48, 64), 300, False),
-         "grey-17x31-ek4096": ((31, 17), 4096, True)}
+MODELS = {  # model file -> (config overrides, {vector name: ((height, width), setting, greyscale)})
+    "tiny-model.pt": ({}, {"rgb-33x20-ek16": ((20, 33), (16,), False), "rgb-64x48-ek300": ((48, 64), (300,), False),
+                           "grey-17x31-ek4096": ((31, 17), (4096,), True)}),
+    "tiny-model-2stage.pt": ({"stages": 2}, {"v2-rgb-40x24-ek4096+12": ((24, 40), (4096, 12), False),
+                                             "v2-grey-9x70-ek100+4096": ((70, 9), (100, 4096), True)}),
+}
 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def main() -> None:
+def make(model_name: str, record: dict) -> None:
+    overrides, cases = MODELS[model_name]
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(4):
             Image.fromarray(synthetic_image(64, 64, seed=i)).save(Path(tmp) / f"{i}.png")
-        train(TrainOptions(sources=[tmp], out=str(HERE / "tiny-model.pt"), config="tiny", steps=30, batch=4,
-                           crop=32, lr=2e-3, seed=0, checkpoint_minutes=60))
-    (HERE / "tiny-model.ckpt").unlink()
-    model = load_model(HERE / "tiny-model.pt")
-    record = {}
-    for name, ((h, w), size, grey) in CASES.items():
+        train(TrainOptions(sources=[tmp], out=str(HERE / model_name), config="tiny", steps=30, batch=4,
+                           crop=32, lr=2e-3, seed=0, checkpoint_minutes=60, config_overrides=overrides))
+    (HERE / model_name).with_suffix(".ckpt").unlink()
+    model = load_model(HERE / model_name)
+    for name, ((h, w), setting, grey) in cases.items():
         pixels = synthetic_image(h, w, seed=h * w)
-        enc = encode(pixels[:, :, 0] if grey else pixels, codebook_size=size, model=model)
+        enc = encode(pixels[:, :, 0] if grey else pixels, codebook_size=setting, model=model)
         (HERE / f"{name}.raq").write_bytes(enc.data)
         image = decompress(enc.data, model=model)
         image.save(HERE / f"{name}.png")
         header, payload = bitstream.unpack(enc.data)
-        indices = entropy.decode_indices(payload, header.latent_shape, size, header.entropy_model)
-        record[name] = {"indices_sha256": sha256(indices.astype("<i4").tobytes()),
+        grids = entropy.decode_stages(payload, header.latent_shape, list(setting), header.entropy_model)
+        record[name] = {"model": model_name,
+                        "indices_sha256": sha256(b"".join(g.astype("<i4").tobytes() for g in grids)),
                         "pixels_sha256": sha256(np.asarray(image).tobytes()),
                         "png_sha256": sha256((HERE / f"{name}.png").read_bytes()),
-                        "format_version": bitstream.FORMAT_VERSION}
-    (HERE / "vectors.json").write_text(json.dumps(record, indent=2) + "\n")
+                        "format_version": header.version}
+
+
+def main() -> None:
+    path = HERE / "vectors.json"
+    record = json.loads(path.read_text()) if path.exists() else {}
+    for model_name in sys.argv[1:] or MODELS:
+        make(model_name, record)
+    path.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
