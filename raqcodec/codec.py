@@ -122,14 +122,34 @@ def analyse(model: RAQVAE, image) -> Latent:
     return Latent(analysis_tiled(model, x), width, height, color_mode)
 
 
+PrefixCache = dict[Setting, tuple[list[torch.Tensor], torch.Tensor]]
+"""Setting prefix -> (index tensors (1, G, h, w) of its stages, the residual they leave), for one latent."""
+
+
+@torch.no_grad()
+def quantize_latent(model: RAQVAE, latent: Latent, setting: Setting, tables: list[torch.Tensor],
+                    cache: PrefixCache | None = None) -> list[np.ndarray]:
+    """One (G, h, w) int32 index grid per stage of the setting. With a cache, the stages of a prefix already
+    quantised for this latent (rate control tries many settings that share stage 1) are taken from it."""
+    done = max((n for n in range(len(setting), 0, -1) if cache is not None and setting[:n] in cache), default=0)
+    grids, residual = (list(cache[setting[:done]][0]), cache[setting[:done]][1]) if done else ([], latent.z)
+    for stage in range(done, len(setting)):
+        idx = model.quantize(residual, tables[stage])
+        residual = residual - model.dequantize(idx, tables[stage])
+        grids.append(idx)
+        if cache is not None:
+            cache[setting[:stage + 1]] = (list(grids), residual)
+    return [idx[0].cpu().numpy().astype(np.int32) for idx in grids]
+
+
 def encode_latent(model: RAQVAE, latent: Latent, codebook_size: int | Setting,
-                  codebooks: list[torch.Tensor] | None = None) -> Encoded:
+                  codebooks: list[torch.Tensor] | None = None, cache: PrefixCache | None = None) -> Encoded:
     """Quantise a latent with one codebook(eK_s) per stage of the setting (or the given (G, eK_s, dg) tables)
-    and write the whole .raq file."""
+    and write the whole .raq file. cache: see quantize_latent (only with the model's own codebooks)."""
     setting = as_setting(codebook_size)
     check_setting(model, setting)
     tables = model.codebooks(setting) if codebooks is None else codebooks
-    indices = [idx[0].cpu().numpy().astype(np.int32) for idx in model.quantize_stages(latent.z, tables)]
+    indices = quantize_latent(model, latent, setting, tables, cache if codebooks is None else None)
     entropy_model = entropy.choose_stage_entropy_model(indices, list(setting))
     payload = entropy.encode_stages(indices, list(setting), entropy_model)
     cfg = model.cfg
@@ -153,10 +173,11 @@ def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
     ladder = rate_ladder(model)
     position = {setting: i for i, setting in enumerate(ladder)}
     trials: dict[int, Encoded] = {}
+    prefixes: PrefixCache = {}
 
     def fits(i: int) -> bool:
         if i not in trials:
-            trials[i] = encode_latent(model, latent, ladder[i])
+            trials[i] = encode_latent(model, latent, ladder[i], cache=prefixes)
         return trials[i].bpp <= bpp
 
     lo, hi = 0, len(ladder) - 1

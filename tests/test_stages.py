@@ -189,3 +189,12 @@ def test_fuzzed_two_stage_files_decode_or_fail_cleanly(two_stage_model):
             assert image.size == (h.width, h.height)
             outcomes["decoded"] += 1
     assert outcomes["refused"] > 0
+
+
+def test_prefix_cache_gives_the_same_files(two_stage_model):
+    latent = analyse(two_stage_model, synthetic_image(48, 40, seed=8))
+    cache: dict = {}
+    for setting in ((4096,), (4096, 7), (4096, 300), (16, 5), (16,)):
+        cached = encode_latent(two_stage_model, latent, setting, cache=cache)
+        assert cached.data == encode_latent(two_stage_model, latent, setting).data
+    assert set(cache) == {(4096,), (4096, 7), (4096, 300), (16,), (16, 5)}

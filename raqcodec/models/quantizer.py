@@ -40,7 +40,7 @@ def nearest_indices(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tens
     for start in range(0, n_vec, chunk):
         part = vectors[:, start:start + chunk]
         # |v|^2 is the same for every codeword, so it does not change the argmin.
-        dist = code_sq - 2.0 * torch.bmm(part, codebook.transpose(1, 2))
+        dist = torch.baddbmm(code_sq, part, codebook.transpose(1, 2), alpha=-2.0)
         out[:, start:start + chunk] = dist.argmin(-1)
     return out
 
