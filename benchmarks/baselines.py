@@ -86,7 +86,7 @@ class KodakSet:
         latents = [analyse(model, px) for px in self.originals]
         rows = []
         for size, table in tables.items():
-            result: SizeResult = evaluate_table(model, latents, self.originals, size, table.float())
+            result: SizeResult = evaluate_table(model, latents, self.originals, (size,), [table.float()])
             rows.append({"method": method, **result.to_json()})
             print(f"{method:14s} {size:5d}  {result.bpp:.4f} bpp  {result.psnr:.2f} dB", flush=True)
         return rows
