@@ -25,6 +25,7 @@ from raqcodec.errors import CodecError
 from raqcodec.image_io import load_image, pad_to_multiple, to_pil, to_tensor, to_uint8
 from raqcodec.modelfile import cached_model, fingerprint, resolve_device
 from raqcodec.models import RAQVAE
+from raqcodec.models.quantizer import nearest_indices, split_groups
 from raqcodec.tiling import analysis_tiled, synthesis_tiled
 
 
@@ -150,6 +151,11 @@ def encode_latent(model: RAQVAE, latent: Latent, codebook_size: int | Setting,
     check_setting(model, setting)
     tables = model.codebooks(setting) if codebooks is None else codebooks
     indices = quantize_latent(model, latent, setting, tables, cache if codebooks is None else None)
+    return write_file(model, latent, setting, indices)
+
+
+def write_file(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np.ndarray]) -> Encoded:
+    """Entropy-code one (G, h, w) index grid per stage of the setting into a whole .raq file."""
     entropy_model = entropy.choose_stage_entropy_model(indices, list(setting))
     payload = entropy.encode_stages(indices, list(setting), entropy_model)
     cfg = model.cfg
@@ -161,12 +167,76 @@ def encode_latent(model: RAQVAE, latent: Latent, codebook_size: int | Setting,
     return Encoded(bitstream.pack(header, payload), header, indices)
 
 
+RATE_AWARE_PASSES = 2  # re-assignments of the last stage, each with code lengths from the previous one's counts
+RATE_AWARE_SEARCH_STEPS = 8  # bisection steps on lambda when rate control fills a gap of the ladder
+GAP_FILL_BELOW = 0.97  # rate control tries a rate-aware encode when its pick is under this fraction of the target
+
+
+@torch.no_grad()
+def latent_error(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np.ndarray]) -> float:
+    """Mean squared error between the latent z and the sum of the stages' chosen codewords (latent units)."""
+    tables = model.codebooks(setting)
+    grids = [torch.from_numpy(grid.astype(np.int64)).unsqueeze(0).to(tables[0].device) for grid in indices]
+    return float(((model.dequantize_stages(grids, tables) - latent.z) ** 2).mean())
+
+
+@torch.no_grad()
+def encode_rate_aware(model: RAQVAE, latent: Latent, setting: Setting, lam: float,
+                      cache: PrefixCache | None = None) -> Encoded:
+    """Encode whose LAST stage picks, per latent vector, the codeword minimising squared error + lam * bits.
+
+    bits(k) = -log2 of codeword k's share of that group's indices under the previous assignment (nearest
+    codewords first; counts + 1/2), re-estimated RATE_AWARE_PASSES times. lam is in latent squared-error units
+    per bit; lam = 0 is the nearest-codeword encode. Only the encoder changes: the file decodes as any other.
+    """
+    check_setting(model, setting)
+    tables = model.codebooks(setting)
+    prefix = quantize_latent(model, latent, setting[:-1], tables[:-1], cache) if len(setting) > 1 else []
+    residual = cache[setting[:-1]][1] if len(setting) > 1 and cache is not None else latent.z
+    if len(setting) > 1 and cache is None:
+        grids = [torch.from_numpy(g.astype(np.int64)).unsqueeze(0).to(latent.z.device) for g in prefix]
+        residual = latent.z - model.dequantize_stages(grids, tables[:-1])
+    _, _, h, w = residual.shape
+    vectors, table = split_groups(residual, model.cfg.groups), tables[-1]
+    idx = nearest_indices(vectors, table)
+    for _ in range(RATE_AWARE_PASSES if lam > 0 else 0):
+        counts = torch.zeros(table.shape[:2], device=idx.device).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float32))
+        bits = torch.log2(counts.sum(1, keepdim=True) + 0.5 * table.shape[1]) - torch.log2(counts + 0.5)
+        idx = nearest_indices(vectors, table, lam * bits)
+    last = idx.reshape(model.cfg.groups, h, w).cpu().numpy().astype(np.int32)
+    return write_file(model, latent, setting, [*prefix, last])
+
+
+def _fill_gap(model: RAQVAE, latent: Latent, below: Encoded, above: Setting, bpp: float,
+              cache: PrefixCache) -> Encoded:
+    """Between a fitting encode and the next ladder setting, whose nearest-codeword file is too large: the
+    `above` setting with the smallest rate-aware lam whose file fits, if its latent error is lower than
+    `below`'s (quality judged in the latent: the encoder does not decode); else `below`."""
+    nearest_error = latent_error(model, latent, below.setting, below.indices)
+    lo, hi = 1e-4, 1e2  # lam / (mean squared error per latent element of `below`)
+    best = None
+    if encode_rate_aware(model, latent, above, hi * nearest_error, cache).bpp > bpp:
+        return below
+    for _ in range(RATE_AWARE_SEARCH_STEPS):
+        mid = (lo * hi) ** 0.5
+        enc = encode_rate_aware(model, latent, above, mid * nearest_error, cache)
+        if enc.bpp <= bpp:
+            hi, best = mid, enc
+        else:
+            lo = mid
+    if best is None or latent_error(model, latent, best.setting, best.indices) >= nearest_error:
+        return below
+    return best
+
+
 def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
     """The encode with the HIGHEST setting on the rate ladder whose whole file is <= bpp bits per pixel.
 
     File size grows along the ladder but not strictly (each eK has its own generated codebook), so a binary
     search brackets a boundary, then probes 2 to 20% above it (in eK, within the same stage) look for a higher
-    setting that still fits; when one does, the search resumes above it. A target below the smallest file is a
+    setting that still fits; when one does, the search resumes above it. When the pick is more than
+    GAP_FILL_BELOW short of the target (the bottom of the ladder, where one codeword adds 10 to 60 % of rate),
+    the next setting up, coded rate-aware so that it fits, replaces it when its latent error is lower. A target below the smallest file is a
     CodecError naming the smallest achievable bpp; a target above the largest file gives the largest setting
     with a warning.
     """
@@ -198,7 +268,9 @@ def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
         probes = sorted({position[(*prefix, min(round(size * f), largest - 1))] for f in (1.02, 1.05, 1.1, 1.2)})
         above = [i for i in probes if i > lo and fits(i)]
         if not above:
-            return trials[lo]
+            if trials[lo].bpp >= GAP_FILL_BELOW * bpp or lo + 1 >= len(ladder):
+                return trials[lo]
+            return _fill_gap(model, latent, trials[lo], ladder[lo + 1], bpp, prefixes)
         lo = max(above)
         hi = min(i for i, enc in trials.items() if i > lo and enc.bpp > bpp)
 

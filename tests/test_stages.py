@@ -198,3 +198,26 @@ def test_prefix_cache_gives_the_same_files(two_stage_model):
         cached = encode_latent(two_stage_model, latent, setting, cache=cache)
         assert cached.data == encode_latent(two_stage_model, latent, setting).data
     assert set(cache) == {(4096,), (4096, 7), (4096, 300), (16,), (16, 5)}
+
+
+def test_rate_aware_encode(two_stage_model):
+    from raqcodec.codec import encode_rate_aware
+
+    latent = analyse(two_stage_model, synthetic_image(64, 80, seed=3))
+    for setting in ((300,), (4096, 300)):
+        plain = encode_latent(two_stage_model, latent, setting)
+        assert encode_rate_aware(two_stage_model, latent, setting, 0.0).data == plain.data
+        cheap = encode_rate_aware(two_stage_model, latent, setting, 10.0)
+        assert cheap.bpp < plain.bpp
+        decoded = np.asarray(raqcodec.decompress(cheap.data, model=two_stage_model))
+        assert np.array_equal(decoded, reconstruct(two_stage_model, cheap.indices, setting, 80, 64))
+
+
+def test_rate_control_fills_a_gap_at_the_bottom_of_the_ladder(two_stage_model):
+    pixels = synthetic_image(96, 128, seed=6)
+    latent = analyse(two_stage_model, pixels)
+    small, large = encode_latent(two_stage_model, latent, (3,)).bpp, encode_latent(two_stage_model, latent, (4,)).bpp
+    target = small + 0.8 * (large - small)
+    enc = encode(pixels, bpp=target, model=two_stage_model)
+    # eK=4 coded rate-aware fits the target and, for this model and image, has the lower latent error
+    assert enc.setting == (4,) and small < enc.bpp <= target

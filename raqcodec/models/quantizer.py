@@ -26,15 +26,16 @@ def merge_groups(vectors: torch.Tensor, batch: int, height: int, width: int) -> 
 
 
 @torch.no_grad()
-def nearest_indices(vectors: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest codeword (squared L2) for each vector.
+def nearest_indices(vectors: torch.Tensor, codebook: torch.Tensor, penalty: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the nearest codeword (squared L2) for each vector, or of the smallest squared distance + penalty.
 
-    vectors (G, N, dg), codebook (G, n, dg) -> (G, N) int64. Rows are processed in chunks so that memory
-    stays bounded whatever N and n (eK=4096 on a 12-megapixel image included).
+    vectors (G, N, dg), codebook (G, n, dg), penalty (G, n) or None -> (G, N) int64. Rows are processed in
+    chunks so that memory stays bounded whatever N and n (eK=4096 on a 12-megapixel image included).
     """
     g, n_vec, _ = vectors.shape
     n_code = codebook.shape[1]
-    code_sq = (codebook * codebook).sum(-1).unsqueeze(1)  # (G, 1, n)
+    code_sq = (codebook * codebook).sum(-1)  # (G, n)
+    code_sq = (code_sq if penalty is None else code_sq + penalty).unsqueeze(1)  # (G, 1, n)
     chunk = max(1, _DISTANCE_CHUNK_ELEMENTS // (g * n_code))
     out = torch.empty(g, n_vec, dtype=torch.long, device=vectors.device)
     for start in range(0, n_vec, chunk):
