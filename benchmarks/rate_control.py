@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from raqcodec import entropy
-from raqcodec.codec import analyse, choose_setting, encode_latent, get_model, rate_ladder, setting_label
+from raqcodec.codec import analyse, choose_setting, encode_latent, get_model, setting_label
 from raqcodec.data import list_images
 from raqcodec.errors import CodecError
 
@@ -35,7 +35,7 @@ def main() -> None:
     targets = [float(t) for t in args.targets.split(",")]
     model = get_model(args.model, "auto")
     rows, ranges = [], {}
-    ladder = rate_ladder(model)
+    ladder = model.cfg.ladder()
     for path in list_images(args.folder)[: args.limit]:
         latent = analyse(model, path)
         ranges[path.name] = {"smallest_bpp": encode_latent(model, latent, ladder[0]).bpp,

@@ -6,7 +6,7 @@
 
 A SETTING is one eK per stage used, stage 1 first: (256,) or (4096, 64). A model with S stages has the rate
 ladder: stage 1 alone at eK = min..max, then for s = 2..S the earlier stages at the largest eK and stage s at
-eK = min..max (the settings the model was trained on). The latent z is computed once per image; rate control
+eK = min..max (the settings the model was trained on; `ModelConfig.ladder`). The latent z is computed once per image; rate control
 then only re-quantises and re-codes it per trial setting.
 """
 from __future__ import annotations
@@ -88,14 +88,6 @@ def check_setting(model: RAQVAE, setting: Setting) -> None:
                              f"{cfg.min_codebook_size}..{cfg.max_codebook_size}")
 
 
-def rate_ladder(model: RAQVAE) -> list[Setting]:
-    """The model's settings in order of rate: stage 1 at eK = min..max, then each further stage at min..max
-    with the earlier stages at the largest eK."""
-    cfg = model.cfg
-    sizes = range(cfg.min_codebook_size, cfg.max_codebook_size + 1)
-    return [(cfg.max_codebook_size,) * stage + (size,) for stage in range(cfg.stages) for size in sizes]
-
-
 @dataclass
 class Encoded:
     """One encode: the .raq bytes, its header and the index grids it carries (one (G, h, w) int32 per stage)."""
@@ -134,13 +126,16 @@ def quantize_latent(model: RAQVAE, latent: Latent, setting: Setting, tables: lis
     quantised for this latent (rate control tries many settings that share stage 1) are taken from it."""
     done = max((n for n in range(len(setting), 0, -1) if cache is not None and setting[:n] in cache), default=0)
     grids, residual = (list(cache[setting[:done]][0]), cache[setting[:done]][1]) if done else ([], latent.z)
-    for stage in range(done, len(setting)):
-        idx = model.quantize(residual, tables[stage])
-        residual = residual - model.dequantize(idx, tables[stage])
+    for stage, (idx, residual) in enumerate(model.iter_stages(residual, tables[done:]), done):
         grids.append(idx)
         if cache is not None:
             cache[setting[:stage + 1]] = (list(grids), residual)
     return [idx[0].cpu().numpy().astype(np.int32) for idx in grids]
+
+
+def _index_tensors(indices: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """One (G, h, w) index grid per stage -> (1, G, h, w) int64 tensors on `device`."""
+    return [torch.from_numpy(grid.astype(np.int64)).unsqueeze(0).to(device) for grid in indices]
 
 
 def encode_latent(model: RAQVAE, latent: Latent, codebook_size: int | Setting,
@@ -176,8 +171,7 @@ GAP_FILL_BELOW = 0.97  # rate control tries a rate-aware encode when its pick is
 def latent_error(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np.ndarray]) -> float:
     """Mean squared error between the latent z and the sum of the stages' chosen codewords (latent units)."""
     tables = model.codebooks(setting)
-    grids = [torch.from_numpy(grid.astype(np.int64)).unsqueeze(0).to(tables[0].device) for grid in indices]
-    return float(((model.dequantize_stages(grids, tables) - latent.z) ** 2).mean())
+    return float(((model.dequantize_stages(_index_tensors(indices, tables[0].device), tables) - latent.z) ** 2).mean())
 
 
 @torch.no_grad()
@@ -191,11 +185,9 @@ def encode_rate_aware(model: RAQVAE, latent: Latent, setting: Setting, lam: floa
     """
     check_setting(model, setting)
     tables = model.codebooks(setting)
-    prefix = quantize_latent(model, latent, setting[:-1], tables[:-1], cache) if len(setting) > 1 else []
-    residual = cache[setting[:-1]][1] if len(setting) > 1 and cache is not None else latent.z
-    if len(setting) > 1 and cache is None:
-        grids = [torch.from_numpy(g.astype(np.int64)).unsqueeze(0).to(latent.z.device) for g in prefix]
-        residual = latent.z - model.dequantize_stages(grids, tables[:-1])
+    cache = {} if cache is None else cache
+    prefix = quantize_latent(model, latent, setting[:-1], tables[:-1], cache)
+    residual = cache[setting[:-1]][1] if prefix else latent.z
     _, _, h, w = residual.shape
     vectors, table = split_groups(residual, model.cfg.groups), tables[-1]
     idx = nearest_indices(vectors, table)
@@ -234,13 +226,13 @@ def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
 
     File size grows along the ladder but not strictly (each eK has its own generated codebook), so a binary
     search brackets a boundary, then probes 2 to 20% above it (in eK, within the same stage) look for a higher
-    setting that still fits; when one does, the search resumes above it. When the pick is more than
-    GAP_FILL_BELOW short of the target (the bottom of the ladder, where one codeword adds 10 to 60 % of rate),
-    the next setting up, coded rate-aware so that it fits, replaces it when its latent error is lower. A target below the smallest file is a
-    CodecError naming the smallest achievable bpp; a target above the largest file gives the largest setting
-    with a warning.
+    setting that still fits; when one does, the search resumes above it. When the pick is under GAP_FILL_BELOW
+    of the target (the bottom of the ladder, where one codeword adds 10 to 60 % of rate), the next setting up,
+    coded rate-aware so that it fits, replaces it when its latent error is lower. A target below the smallest
+    file is a CodecError naming the smallest achievable bpp; a target above the largest file gives the largest
+    setting with a warning.
     """
-    ladder = rate_ladder(model)
+    ladder = model.cfg.ladder()
     position = {setting: i for i, setting in enumerate(ladder)}
     trials: dict[int, Encoded] = {}
     prefixes: PrefixCache = {}
@@ -322,9 +314,7 @@ def reconstruct(model: RAQVAE, indices: list[np.ndarray], codebook_size: int | S
     """One index grid (G, h, w) per stage -> decoded pixels (height, width, 3) uint8, with codebook(eK_s) of
     each stage or the given tables."""
     tables = model.codebooks(as_setting(codebook_size)) if codebooks is None else codebooks
-    device = tables[0].device
-    grids = [torch.from_numpy(grid.astype(np.int64)).unsqueeze(0).to(device) for grid in indices]
-    x_hat = synthesis_tiled(model, model.dequantize_stages(grids, tables))
+    x_hat = synthesis_tiled(model, model.dequantize_stages(_index_tensors(indices, tables[0].device), tables))
     return to_uint8(x_hat[:, :, :height, :width])
 
 

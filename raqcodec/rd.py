@@ -143,8 +143,7 @@ def ladder_sweep(model: RAQVAE, sizes: Sequence[int | Setting] = RAQ_SIZES) -> l
     if not kept and not exact:
         raise CodecError(f"no codebook size in {list(sizes)} is inside the model's range "
                          f"{cfg.min_codebook_size}..{cfg.max_codebook_size}")
-    top = cfg.max_codebook_size
-    return [(top,) * stage + (size,) for stage in range(cfg.stages) for size in kept] + exact
+    return cfg.ladder(kept) + exact
 
 
 @torch.no_grad()

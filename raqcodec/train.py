@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from raqcodec.codec import setting_label
 from raqcodec.data import CropSampler, center_crops, load_source
 from raqcodec.modelfile import read_model_file, save_model
 from raqcodec.models import RAQVAE, ModelConfig, named_config
@@ -65,11 +66,6 @@ def sample_codebook_size(rng: random.Random, lo: int, hi: int, sampling: str = "
     return min(hi, max(lo, round(math.exp(rng.uniform(math.log(lo), math.log(hi + 0.5))))))
 
 
-def setting_label(sizes: tuple[int, ...]) -> str:
-    """'256' for one stage at eK=256, '4096+64' for two stages."""
-    return "+".join(str(size) for size in sizes)
-
-
 def cosine_lr(lr: float, lr_end: float | None, progress: float) -> float:
     """Learning rate after a fraction `progress` in [0, 1] of the run: lr, or cosine from lr to lr_end."""
     if lr_end is None:
@@ -95,8 +91,7 @@ def validation_settings(cfg: ModelConfig) -> list[tuple[int, ...]]:
     stage at those sizes with the earlier stages at their largest (one setting for a fixed-rate model)."""
     if not cfg.adaptive:
         return [(cfg.base_codebook_size,)]
-    sizes = (cfg.min_codebook_size, cfg.base_codebook_size, cfg.max_codebook_size)
-    return [(cfg.max_codebook_size,) * stage + (size,) for stage in range(cfg.stages) for size in sizes]
+    return cfg.ladder((cfg.min_codebook_size, cfg.base_codebook_size, cfg.max_codebook_size))
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from fuzzing import mutate
 import raqcodec
 from raqcodec import bitstream as B
 from raqcodec import entropy as E
-from raqcodec.codec import analyse, as_setting, encode, encode_latent, rate_ladder, reconstruct
+from raqcodec.codec import analyse, as_setting, encode, encode_latent, reconstruct
 from raqcodec.errors import CodecError
 from raqcodec.models import RAQVAE, named_config
 from raqcodec.train import TrainOptions, cosine_lr, train
@@ -92,7 +92,7 @@ def test_setting_parsing():
 
 def test_rate_ladder_order(two_stage_model):
     cfg = two_stage_model.cfg
-    ladder = rate_ladder(two_stage_model)
+    ladder = cfg.ladder()
     n = cfg.max_codebook_size - cfg.min_codebook_size + 1
     assert len(ladder) == 2 * n and ladder[0] == (cfg.min_codebook_size,)
     assert ladder[n - 1] == (cfg.max_codebook_size,) and ladder[n] == (cfg.max_codebook_size, cfg.min_codebook_size)

@@ -1,6 +1,7 @@
 """Model configurations: one frozen dataclass, and the named configurations the project uses."""
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -50,6 +51,12 @@ class ModelConfig:
 
         sizes = (codebook_size,) if isinstance(codebook_size, int) else codebook_size
         return sum(self.groups * math.log2(size) / self.downsample**2 for size in sizes)
+
+    def ladder(self, sizes: Iterable[int] | None = None) -> list[tuple[int, ...]]:
+        """Settings (one eK per stage used) in order of rate: stage 1 alone at each eK of `sizes` (default: every
+        eK min..max), then each further stage at each of them with the earlier stages at the largest eK."""
+        sizes = list(range(self.min_codebook_size, self.max_codebook_size + 1) if sizes is None else sizes)
+        return [(self.max_codebook_size,) * stage + (size,) for stage in range(self.stages) for size in sizes]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

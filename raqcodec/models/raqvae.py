@@ -20,6 +20,8 @@ stages (stage 1 alone, stages 1+2, ...), which is what lets any prefix of stages
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -90,20 +92,27 @@ class RAQVAE(nn.Module):
         cfg = self.cfg
         if not cfg.min_codebook_size <= size <= cfg.max_codebook_size:
             raise ValueError(f"codebook size {size} outside the model's range [{cfg.min_codebook_size}, {cfg.max_codebook_size}]")
-        base, generator = self.stage_parts(stage)
+        base = self.stage_parts(stage)[0]
         device = base.embed.device
         key = (method, stage, size, device)
         if key not in self._codebook_cache:
-            was_training = generator.training
-            generator.eval()
             if method == "data":
-                table = generator(base.embed, size)
+                table = self._generate(stage, size)
             else:
                 with torch.enable_grad():
                     table = resize_codebook(base.embed.cpu(), size).to(device)
-            generator.train(was_training)
             self._codebook_cache[key] = table.detach()
         return self._codebook_cache[key]
+
+    @torch.no_grad()
+    def _generate(self, stage: int, size: int) -> torch.Tensor:
+        """Stage `stage`'s generated codebook (G, size, dg), in eval mode (no dropout), not cached."""
+        base, generator = self.stage_parts(stage)
+        was_training = generator.training
+        generator.eval()
+        table = generator(base.embed, size)
+        generator.train(was_training)
+        return table
 
     def codebooks(self, sizes: tuple[int, ...], method: str = "data") -> list[torch.Tensor]:
         """One adapted codebook per stage for eK sizes (eK_1, ..., eK_S'), S' <= stages."""
@@ -136,14 +145,19 @@ class RAQVAE(nn.Module):
         return merge_groups(lookup(flat, codebook), b, h, w)
 
     @torch.no_grad()
-    def quantize_stages(self, z: torch.Tensor, codebooks: list[torch.Tensor]) -> list[torch.Tensor]:
-        """z (B, d, h, w) -> one indices tensor (B, G, h, w) per stage; stage s quantises what s-1 left."""
-        out, residual = [], z
+    def iter_stages(self, z: torch.Tensor, codebooks: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Per stage, (indices (B, G, h, w), the residual (B, d, h, w) left after it); stage s quantises what
+        stage s-1 left of z."""
+        residual = z
         for table in codebooks:
             idx = self.quantize(residual, table)
             residual = residual - self.dequantize(idx, table)
-            out.append(idx)
-        return out
+            yield idx, residual
+
+    @torch.no_grad()
+    def quantize_stages(self, z: torch.Tensor, codebooks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """z (B, d, h, w) -> one indices tensor (B, G, h, w) per stage; stage s quantises what s-1 left."""
+        return [idx for idx, _ in self.iter_stages(z, codebooks)]
 
     @torch.no_grad()
     def dequantize_stages(self, indices: list[torch.Tensor], codebooks: list[torch.Tensor]) -> torch.Tensor:
@@ -158,26 +172,23 @@ class RAQVAE(nn.Module):
         far from the (small) residuals until dead-code restarts reached them.
         """
         vectors = split_groups(self.analysis(x), self.cfg.groups)
-        for stage in range(self.cfg.stages):
-            base = self.stage_parts(stage)[0]
-            if stage >= first_stage:
-                picks = torch.randint(0, vectors.shape[1], (base.embed.shape[1],), device=vectors.device)
-                base.embed.copy_(vectors[:, picks])
-                base.embed_sum.copy_(base.embed)
-                base.cluster_size.fill_(1.0)
+        for stage in range(first_stage):  # what the stages before first_stage leave, at their largest eK
             table = self._largest_codebook(stage)
             vectors = vectors - lookup(nearest_indices(vectors, table), table)
+        for stage in range(first_stage, self.cfg.stages):
+            base = self.stage_parts(stage)[0]
+            picks = torch.randint(0, vectors.shape[1], (base.embed.shape[1],), device=vectors.device)
+            base.embed.copy_(vectors[:, picks])
+            base.embed_sum.copy_(base.embed)
+            base.cluster_size.fill_(1.0)
+            if stage + 1 < self.cfg.stages:
+                table = self._largest_codebook(stage)
+                vectors = vectors - lookup(nearest_indices(vectors, table), table)
 
     # ----- training path --------------------------------------------------------------------------------------
-    @torch.no_grad()
     def _largest_codebook(self, stage: int) -> torch.Tensor:
         """Stage `stage`'s codebook at the largest eK, generated in eval mode (no dropout), not cached."""
-        base, generator = self.stage_parts(stage)
-        was_training = generator.training
-        generator.eval()
-        table = generator(base.embed, self.cfg.max_codebook_size)
-        generator.train(was_training)
-        return table
+        return self._generate(stage, self.cfg.max_codebook_size)
 
     def _prefix_codebooks(self, count: int) -> list[torch.Tensor]:
         """The largest codebooks of stages 0..count-1, regenerated every PREFIX_REFRESH_STEPS calls."""
