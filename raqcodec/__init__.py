@@ -4,10 +4,27 @@
     data = raqcodec.compress("photo.png", bpp=0.3)        # or codebook_size=512
     image = raqcodec.decompress(data)                      # PIL.Image.Image
     header = raqcodec.read_header(data)                    # eK, size, model fingerprint, ...
+
+Importing the package is cheap: torch and the model load on the first compress, decompress or load_model.
 """
-from raqcodec.codec import compress, decompress, read_header
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from raqcodec.errors import CodecError
-from raqcodec.modelfile import load_model
 
 __all__ = ["CodecError", "compress", "decompress", "load_model", "read_header"]
 __version__ = "0.1.0"
+
+_LAZY = {"compress": "raqcodec.codec", "decompress": "raqcodec.codec", "read_header": "raqcodec.bitstream",
+         "load_model": "raqcodec.modelfile"}
+
+
+def __getattr__(name: str) -> Any:
+    """The public functions, imported (with torch, where they need it) on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'raqcodec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

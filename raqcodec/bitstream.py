@@ -4,7 +4,7 @@ Layout (all integers little-endian; see ``docs/FORMAT.md`` for the spec)::
 
     offset size type     field
      0      4  bytes    magic b"RAQC"
-     4      2  uint16   format version (1: one quantisation stage; 2: residual stages)
+     4      2  uint16   format version (1: one stage, entropy model 0 or 1; 2: otherwise)
      6      2  uint16   width  (pixels, 1..65535)
      8      2  uint16   height (pixels, 1..65535)
     10      2  uint16   codebook_size eK (2..65535)
@@ -15,13 +15,14 @@ Layout (all integers little-endian; see ``docs/FORMAT.md`` for the spec)::
     16      8  bytes    model_fingerprint
     24      4  uint32   payload_length
     version 2 only, E = 1 + 2 * (S - 1) bytes:
-    28      1  uint8    stages S (2..MAX_STAGES)
+    28      1  uint8    stages S (1..MAX_STAGES)
     29  2(S-1) uint16   codebook size eK of stages 2..S
     28+E    n  bytes    payload (E = 0 in version 1)
     28+E+n  4  uint32   CRC32 (zlib) of bytes [0, 28+E+n)
 
-A writer uses version 1 for a one-stage file (byte for byte what raqcodec wrote before stages existed) and
-version 2 when the file has residual stages.
+A writer uses version 1 for a one-stage file coded with entropy model 0 or 1 (byte for byte what raqcodec
+wrote before stages existed) and version 2 for every other file (residual stages, or entropy model 2 and
+later, which version-1 readers do not know). Each header has exactly one valid encoding.
 
 Validation happens before anything large is allocated, in this order:
 length, magic, version, field ranges, payload length, checksum.  Every
@@ -61,6 +62,7 @@ MAGIC: bytes = b"RAQC"
 FORMAT_VERSION: int = 2  # the newest version this module reads and writes
 SUPPORTED_VERSIONS = (1, 2)
 MAX_STAGES = 8
+_VERSION_1_ENTROPY_MODELS = (0, 1)  # uniform, adaptive: the ids version-1 readers know
 MAX_SIDE: int = 65535
 MAX_PIXELS: int = 2**27
 # Cap on G * h * w, the number of coded indices: bounds what a decoder
@@ -173,8 +175,8 @@ class Header:
 
     @property
     def version(self) -> int:
-        """The format version this header is written in: 1 for one stage, 2 with residual stages."""
-        return 1 if not self.residual_sizes else 2
+        """The format version this header is written in: 1 for one stage and entropy model 0 or 1, else 2."""
+        return 1 if not self.residual_sizes and self.entropy_model in _VERSION_1_ENTROPY_MODELS else 2
 
     @property
     def header_size(self) -> int:
@@ -226,7 +228,7 @@ def pack(header: Header, payload: bytes) -> bytes:
         header.model_fingerprint,
         header.payload_length,
     )
-    if header.residual_sizes:
+    if header.version == 2:
         head += _STAGE_COUNT.pack(header.stages) + struct.pack(f"<{len(header.residual_sizes)}H", *header.residual_sizes)
     body = head + payload
     return body + _CRC.pack(zlib.crc32(body) & 0xFFFFFFFF)
@@ -291,7 +293,8 @@ def read_header(data: bytes) -> Header:
     except CodecError as exc:
         raise CodecError(f"corrupt .raq header: {exc}") from None
     if version != header.version:
-        raise CodecError("corrupt .raq header: a version 2 file must have at least 2 stages")
+        raise CodecError(f"corrupt .raq header: version {version} does not fit {header.stages} stage(s) "
+                         f"with entropy model {header.entropy_model}")
     actual = n - header.header_size - CRC_SIZE
     if payload_length > actual:
         raise CodecError(
@@ -311,8 +314,8 @@ def _read_residual_sizes(buf) -> tuple[int, ...]:
     if n < HEADER_SIZE + _STAGE_COUNT.size + CRC_SIZE:
         raise CodecError(f"truncated .raq file: {n} bytes, too short for a version 2 header")
     (stages,) = _STAGE_COUNT.unpack_from(buf, HEADER_SIZE)
-    if not 2 <= stages <= MAX_STAGES:
-        raise CodecError(f"corrupt .raq header: stages={stages} out of range [2, {MAX_STAGES}]")
+    if not 1 <= stages <= MAX_STAGES:
+        raise CodecError(f"corrupt .raq header: stages={stages} out of range [1, {MAX_STAGES}]")
     end = HEADER_SIZE + _STAGE_COUNT.size + 2 * (stages - 1)
     if n < end + CRC_SIZE:
         raise CodecError(f"truncated .raq file: {n} bytes, too short for a {stages}-stage header")

@@ -145,7 +145,7 @@ def _read(path: Path) -> bytes:
 @click.argument("source", type=click.Path(path_type=Path))
 def info(source: Path) -> None:
     """Print the header fields of a .raq file and its achieved bpp."""
-    from raqcodec.codec import read_header
+    from raqcodec.bitstream import read_header
 
     data = _read(source)
     header = read_header(data)

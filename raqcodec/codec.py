@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,6 @@ from raqcodec.errors import CodecError
 from raqcodec.image_io import load_image, pad_to_multiple, to_pil, to_tensor, to_uint8
 from raqcodec.modelfile import cached_model, fingerprint, resolve_device
 from raqcodec.models import RAQVAE
-from raqcodec.models.quantizer import nearest_indices, split_groups
 from raqcodec.tiling import analysis_tiled, synthesis_tiled
 
 
@@ -162,111 +160,6 @@ def write_file(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np
     return Encoded(bitstream.pack(header, payload), header, indices)
 
 
-RATE_AWARE_PASSES = 2  # re-assignments of the last stage, each with code lengths from the previous one's counts
-RATE_AWARE_SEARCH_STEPS = 8  # bisection steps on lambda when rate control fills a gap of the ladder
-GAP_FILL_BELOW = 0.97  # rate control tries a rate-aware encode when its pick is under this fraction of the target
-
-
-@torch.no_grad()
-def latent_error(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np.ndarray]) -> float:
-    """Mean squared error between the latent z and the sum of the stages' chosen codewords (latent units)."""
-    tables = model.codebooks(setting)
-    return float(((model.dequantize_stages(_index_tensors(indices, tables[0].device), tables) - latent.z) ** 2).mean())
-
-
-@torch.no_grad()
-def encode_rate_aware(model: RAQVAE, latent: Latent, setting: Setting, lam: float,
-                      cache: PrefixCache | None = None) -> Encoded:
-    """Encode whose LAST stage picks, per latent vector, the codeword minimising squared error + lam * bits.
-
-    bits(k) = -log2 of codeword k's share of that group's indices under the previous assignment (nearest
-    codewords first; counts + 1/2), re-estimated RATE_AWARE_PASSES times. lam is in latent squared-error units
-    per bit; lam = 0 is the nearest-codeword encode. Only the encoder changes: the file decodes as any other.
-    """
-    check_setting(model, setting)
-    tables = model.codebooks(setting)
-    cache = {} if cache is None else cache
-    prefix = quantize_latent(model, latent, setting[:-1], tables[:-1], cache)
-    residual = cache[setting[:-1]][1] if prefix else latent.z
-    _, _, h, w = residual.shape
-    vectors, table = split_groups(residual, model.cfg.groups), tables[-1]
-    idx = nearest_indices(vectors, table)
-    for _ in range(RATE_AWARE_PASSES if lam > 0 else 0):
-        counts = torch.zeros(table.shape[:2], device=idx.device).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float32))
-        bits = torch.log2(counts.sum(1, keepdim=True) + 0.5 * table.shape[1]) - torch.log2(counts + 0.5)
-        idx = nearest_indices(vectors, table, lam * bits)
-    last = idx.reshape(model.cfg.groups, h, w).cpu().numpy().astype(np.int32)
-    return write_file(model, latent, setting, [*prefix, last])
-
-
-def _fill_gap(model: RAQVAE, latent: Latent, below: Encoded, above: Setting, bpp: float,
-              cache: PrefixCache) -> Encoded:
-    """Between a fitting encode and the next ladder setting, whose nearest-codeword file is too large: the
-    `above` setting with the smallest rate-aware lam whose file fits, if its latent error is lower than
-    `below`'s (quality judged in the latent: the encoder does not decode); else `below`."""
-    nearest_error = latent_error(model, latent, below.setting, below.indices)
-    lo, hi = 1e-4, 1e2  # lam / (mean squared error per latent element of `below`)
-    best = None
-    if encode_rate_aware(model, latent, above, hi * nearest_error, cache).bpp > bpp:
-        return below
-    for _ in range(RATE_AWARE_SEARCH_STEPS):
-        mid = (lo * hi) ** 0.5
-        enc = encode_rate_aware(model, latent, above, mid * nearest_error, cache)
-        if enc.bpp <= bpp:
-            hi, best = mid, enc
-        else:
-            lo = mid
-    if best is None or latent_error(model, latent, best.setting, best.indices) >= nearest_error:
-        return below
-    return best
-
-
-def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
-    """The encode with the HIGHEST setting on the rate ladder whose whole file is <= bpp bits per pixel.
-
-    File size grows along the ladder but not strictly (each eK has its own generated codebook), so a binary
-    search brackets a boundary, then probes 2 to 20% above it (in eK, within the same stage) look for a higher
-    setting that still fits; when one does, the search resumes above it. When the pick is under GAP_FILL_BELOW
-    of the target (the bottom of the ladder, where one codeword adds 10 to 60 % of rate), the next setting up,
-    coded rate-aware so that it fits, replaces it when its latent error is lower. A target below the smallest
-    file is a CodecError naming the smallest achievable bpp; a target above the largest file gives the largest
-    setting with a warning.
-    """
-    ladder = model.cfg.ladder()
-    position = {setting: i for i, setting in enumerate(ladder)}
-    trials: dict[int, Encoded] = {}
-    prefixes: PrefixCache = {}
-
-    def fits(i: int) -> bool:
-        if i not in trials:
-            trials[i] = encode_latent(model, latent, ladder[i], cache=prefixes)
-        return trials[i].bpp <= bpp
-
-    lo, hi = 0, len(ladder) - 1
-    if not fits(lo):
-        raise CodecError(f"target {bpp:g} bpp is below the smallest achievable rate for this image, "
-                         f"{trials[lo].bpp:.4f} bpp (eK={setting_label(ladder[lo])})")
-    if fits(hi):
-        if trials[hi].bpp < bpp:
-            warnings.warn(f"target {bpp:g} bpp is above the model's largest rate for this image; using the "
-                          f"largest setting eK={setting_label(ladder[hi])} ({trials[hi].bpp:.4f} bpp)", stacklevel=3)
-        return trials[hi]
-    largest = model.cfg.max_codebook_size
-    while True:
-        while hi - lo > 1:  # invariant: lo fits, hi does not
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        *prefix, size = ladder[lo]
-        probes = sorted({position[(*prefix, min(round(size * f), largest - 1))] for f in (1.02, 1.05, 1.1, 1.2)})
-        above = [i for i in probes if i > lo and fits(i)]
-        if not above:
-            if trials[lo].bpp >= GAP_FILL_BELOW * bpp or lo + 1 >= len(ladder):
-                return trials[lo]
-            return _fill_gap(model, latent, trials[lo], ladder[lo + 1], bpp, prefixes)
-        lo = max(above)
-        hi = min(i for i, enc in trials.items() if i > lo and enc.bpp > bpp)
-
-
 def encode(image, *, bpp: float | None = None, codebook_size: int | Setting | str | None = None,
            model: RAQVAE | str | os.PathLike | None = None, device: str = "auto") -> Encoded:
     """compress() with the details: the Encoded record (bytes, header, indices)."""
@@ -278,6 +171,8 @@ def encode(image, *, bpp: float | None = None, codebook_size: int | Setting | st
     latent = analyse(net, image)
     if codebook_size is not None:
         return encode_latent(net, latent, as_setting(codebook_size))
+    from raqcodec.ratecontrol import choose_setting  # imports this module
+
     return choose_setting(net, latent, float(bpp))
 
 

@@ -27,6 +27,17 @@ stored in the file header:
     The encoder picks, per group, the ``j`` giving the smallest ideal code
     length (it can evaluate all 8 in one pass over the data).
 
+``CONTEXT`` (2, format version 2 only)
+    Each index's distribution is a mixture of what followed the same context
+    values so far (the index one row up, and the index at the same position
+    in the previous group of the stage) and the group's adaptive order-0
+    counts, weight ``alpha``; a group symbol picks (increment, alpha).  Rows
+    are coded as one batch of per-symbol distributions, so a decoder fills a
+    row at a time.  Stages with eK > ``CONTEXT_MAX_ALPHABET`` are coded as
+    ADAPTIVE (their eK x eK count tables would cost more time than the ~2 %
+    they save).  Exact spec: ``docs/FORMAT.md``; tables from integers and
+    fixed-order, correctly rounded float64 operations only.
+
 Residual stages
 ---------------
 A file with S quantisation stages carries S index grids of the same shape
@@ -94,6 +105,9 @@ from raqcodec.errors import CodecError
 __all__ = [
     "UNIFORM",
     "ADAPTIVE",
+    "CONTEXT",
+    "CONTEXT_MAX_ALPHABET",
+    "MIX_WEIGHTS",
     "ENTROPY_MODELS",
     "MIN_ALPHABET",
     "MAX_ALPHABET",
@@ -114,7 +128,8 @@ __all__ = [
 
 UNIFORM = 0
 ADAPTIVE = 1
-ENTROPY_MODELS = {UNIFORM: "uniform", ADAPTIVE: "adaptive"}
+CONTEXT = 2
+ENTROPY_MODELS = {UNIFORM: "uniform", ADAPTIVE: "adaptive", CONTEXT: "context"}
 
 MIN_ALPHABET = 2
 MAX_ALPHABET = 65536
@@ -125,8 +140,12 @@ PSEUDO_COUNT = 1
 INCREMENTS = (1, 2, 4, 8, 16, 32, 64, 128)
 FIRST_BLOCK = 16
 MAX_BLOCK = 128
+# CONTEXT model constants (same rule).
+CONTEXT_MAX_ALPHABET = 1024  # stages with a larger eK are coded as ADAPTIVE inside a CONTEXT payload
+MIX_WEIGHTS = (16, 32, 64, 128)  # alpha: weight of the order-0 distribution in a context mixture
 
 _Categorical = constriction.stream.model.Categorical
+_CATEGORICAL_ROWS = _Categorical(perfect=False)  # one distribution per symbol, given as rows of an array
 _RangeEncoder = constriction.stream.queue.RangeEncoder
 _RangeDecoder = constriction.stream.queue.RangeDecoder
 
@@ -249,6 +268,78 @@ def _adaptive_costs(symbols: np.ndarray, alphabet_size: int) -> np.ndarray:
     return bits
 
 
+def _context_tables(grid: np.ndarray, previous: np.ndarray | None, alphabet_size: int, increment: int,
+                    alpha: int):
+    """Yield ``(row, weights)`` for the rows of one group under the CONTEXT model.
+
+    grid: the group's (h, w) int32 indices; previous: the (h, w) grid of the group before it in the same
+    stage, or None for group 0. weights (w, eK) float64: row x holds symbol x's unnormalised distribution
+
+        n_top[t_x] + n_prev[p_x] + alpha * c0 / sum(c0)
+
+    t_x = grid[row - 1, x] (absent in row 0), p_x = previous[row, x] (absent for group 0); n_top[t] counts, per
+    value t, the values that followed t one row below; n_prev[p] counts the values seen at the same position
+    as p in the previous group; c0 are the order-0 counts (PSEUDO_COUNT, plus `increment` per occurrence),
+    so this is (n + alpha * p0) / (N + alpha) up to normalisation. Counts are updated after each row, so the
+    decoder can pass its output buffer and fill row by row. Every step is an exact integer operation or one
+    correctly rounded IEEE-754 float64 operation in a fixed order, so all machines build the same weights.
+    """
+    height, width = grid.shape
+    counts = np.full(alphabet_size, PSEUDO_COUNT, dtype=np.int64)
+    n_top = np.zeros((alphabet_size, alphabet_size), dtype=np.int32)
+    n_prev = np.zeros((alphabet_size, alphabet_size), dtype=np.int32) if previous is not None else None
+    for row in range(height):
+        weights = np.empty((width, alphabet_size), dtype=np.float64)
+        weights[:] = (alpha * counts) / counts.sum()
+        if row > 0:
+            weights += n_top[grid[row - 1]]
+        if n_prev is not None:
+            weights += n_prev[previous[row]]
+        yield row, weights
+        symbols = grid[row]
+        if row > 0:
+            np.add.at(n_top, (grid[row - 1], symbols), 1)
+        if n_prev is not None:
+            np.add.at(n_prev, (previous[row], symbols), 1)
+        counts += increment * np.bincount(symbols, minlength=alphabet_size)
+
+
+def _context_costs(grid: np.ndarray, previous: np.ndarray | None, alphabet_size: int) -> np.ndarray:
+    """Ideal bits of one group under the CONTEXT model for every (increment, alpha) pair, shape (8, 4).
+
+    Excludes the bits that signal the pair. Encoder-side only (floats here cannot desynchronise anything).
+    """
+    height, width = grid.shape
+    incs = np.asarray(INCREMENTS, dtype=np.float64)[:, None, None]
+    alphas = np.asarray(MIX_WEIGHTS, dtype=np.float64)[None, :, None]
+    seen = np.zeros(alphabet_size, dtype=np.int64)
+    n_top = np.zeros((alphabet_size, alphabet_size), dtype=np.int32)
+    n_prev = np.zeros((alphabet_size, alphabet_size), dtype=np.int32)
+    top_total = np.zeros(alphabet_size, dtype=np.int64)
+    prev_total = np.zeros(alphabet_size, dtype=np.int64)
+    bits = np.zeros((len(INCREMENTS), len(MIX_WEIGHTS)))
+    for row in range(height):
+        symbols = grid[row]
+        hits = np.zeros(width)
+        total = np.zeros(width)
+        if row > 0:
+            hits += n_top[grid[row - 1], symbols]
+            total += top_total[grid[row - 1]]
+        if previous is not None:
+            hits += n_prev[previous[row], symbols]
+            total += prev_total[previous[row]]
+        p0 = (PSEUDO_COUNT + incs * seen[symbols]) / (PSEUDO_COUNT * alphabet_size + incs * (row * width))
+        bits -= np.log2((hits + alphas * p0) / (total + alphas)).sum(-1)
+        if row > 0:
+            np.add.at(n_top, (grid[row - 1], symbols), 1)
+            np.add.at(top_total, grid[row - 1], 1)
+        if previous is not None:
+            np.add.at(n_prev, (previous[row], symbols), 1)
+            np.add.at(prev_total, previous[row], 1)
+        seen += np.bincount(symbols, minlength=alphabet_size)
+    return bits
+
+
 def _uniform_probs(alphabet_size: int) -> np.ndarray:
     return np.full(alphabet_size, 1.0 / alphabet_size, dtype=np.float64)
 
@@ -277,25 +368,50 @@ def encode_stages(grids: list[np.ndarray], alphabet_sizes: list[int], entropy_mo
     arrays = [_check_indices(grid, k) for grid, k in zip(grids, ks)]
     if len({a.shape for a in arrays}) != 1:
         raise CodecError("every stage grid must have the same shape")
-    return _encode([(a.reshape(a.shape[0], -1), k) for a, k in zip(arrays, ks)], model, choices=None)
+    return _encode(list(zip(arrays, ks)), model, choices=None)
+
+
+def _uses_context(model: int, alphabet_size: int) -> bool:
+    """Whether a stage with this alphabet is context-coded (else adaptive) under a non-uniform model."""
+    return model == CONTEXT and alphabet_size <= CONTEXT_MAX_ALPHABET
+
+
+def _choice_model(model: int, alphabet_size: int) -> _Categorical:
+    """Uniform distribution of a group's parameter symbol: 8 increments, or 8 x 4 (increment, alpha) pairs."""
+    n = len(INCREMENTS) * (len(MIX_WEIGHTS) if _uses_context(model, alphabet_size) else 1)
+    return _Categorical(_uniform_probs(n), perfect=False)
+
+
+def _best_choice(model: int, grid: np.ndarray, previous: np.ndarray | None, alphabet_size: int) -> int:
+    """The group parameter symbol of smallest ideal code length (encoder only)."""
+    if _uses_context(model, alphabet_size):
+        return int(np.argmin(_context_costs(grid, previous, alphabet_size)))
+    return int(np.argmin(_adaptive_costs(grid.reshape(-1), alphabet_size)))
 
 
 def _encode(stages: list[tuple[np.ndarray, int]], model: int, choices: list[int] | None) -> bytes:
-    """Range-code each stage's groups (G, n) with its alphabet k, stage after stage.
+    """Range-code each stage's grid (G, h, w) with its alphabet k, stage after stage, group after group.
 
-    `choices`: the adaptive increment per (stage, group) in coding order, None to pick the best.
+    `choices`: the parameter symbol per (stage, group) in coding order, None to pick the best.
     """
     encoder = _RangeEncoder()
-    choice_model = _Categorical(_uniform_probs(len(INCREMENTS)), perfect=False)
     position = 0
-    for groups, k in stages:
+    for grid, k in stages:
         if model == UNIFORM:
-            encoder.encode(groups.reshape(-1), _Categorical(_uniform_probs(k), perfect=False))
+            encoder.encode(grid.reshape(-1), _Categorical(_uniform_probs(k), perfect=False))
             continue
-        for sym in groups:
-            choice = int(np.argmin(_adaptive_costs(sym, k))) if choices is None else choices[position]
+        choice_model = _choice_model(model, k)
+        for g in range(grid.shape[0]):
+            previous = grid[g - 1] if g > 0 else None
+            choice = _best_choice(model, grid[g], previous, k) if choices is None else choices[position]
             position += 1
             encoder.encode(np.array([choice], dtype=np.int32), choice_model)
+            if _uses_context(model, k):
+                inc, alpha = INCREMENTS[choice // len(MIX_WEIGHTS)], MIX_WEIGHTS[choice % len(MIX_WEIGHTS)]
+                for row, weights in _context_tables(grid[g], previous, k, inc, alpha):
+                    encoder.encode(grid[g, row], _CATEGORICAL_ROWS, weights)
+                continue
+            sym = grid[g].reshape(-1)
             for start, stop, probs in _adaptive_tables(sym, k, INCREMENTS[choice]):
                 encoder.encode(sym[start:stop], _Categorical(probs, perfect=False))
     words = np.asarray(encoder.get_compressed(), dtype=np.uint32)
@@ -334,23 +450,25 @@ def decode_stages(
             f"corrupt payload: length {len(payload)} is not a multiple of 4 bytes"
         )
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    n_groups, per_group = dims[0], dims[1] * dims[2]
-
-    outs = [np.empty((n_groups, per_group), dtype=np.int32) for _ in ks]
+    outs = [np.empty(dims, dtype=np.int32) for _ in ks]
     choices: list[int] = []
     try:
         decoder = _RangeDecoder(words)
-        choice_model = _Categorical(_uniform_probs(len(INCREMENTS)), perfect=False)
         for out, k in zip(outs, ks):
             if model == UNIFORM:
-                flat = decoder.decode(_Categorical(_uniform_probs(k), perfect=False), n_groups * per_group)
-                out[...] = np.asarray(flat, dtype=np.int32).reshape(n_groups, per_group)
+                flat = decoder.decode(_Categorical(_uniform_probs(k), perfect=False), out.size)
+                out[...] = np.asarray(flat, dtype=np.int32).reshape(dims)
                 continue
-            for sym in out:
+            choice_model = _choice_model(model, k)
+            for g in range(dims[0]):
                 choice = int(np.asarray(decoder.decode(choice_model, 1))[0])
-                if not 0 <= choice < len(INCREMENTS):
-                    raise CodecError("corrupt payload: bad adaptation parameter")
                 choices.append(choice)
+                if _uses_context(model, k):
+                    inc, alpha = INCREMENTS[choice // len(MIX_WEIGHTS)], MIX_WEIGHTS[choice % len(MIX_WEIGHTS)]
+                    for row, weights in _context_tables(out[g], out[g - 1] if g > 0 else None, k, inc, alpha):
+                        out[g, row] = decoder.decode(_CATEGORICAL_ROWS, weights)
+                    continue
+                sym = out[g].reshape(-1)
                 for start, stop, probs in _adaptive_tables(sym, k, INCREMENTS[choice]):
                     sym[start:stop] = decoder.decode(_Categorical(probs, perfect=False), stop - start)
     except CodecError:
@@ -361,11 +479,11 @@ def decode_stages(
         if int(out.min()) < 0 or int(out.max()) >= k:
             raise CodecError("corrupt payload: decoded index out of range")
     # The range decoder reads zeros past the end of the data and never fails on garbage, so a payload is
-    # accepted only if re-encoding the decoded indices (with the increments read from the stream, so no float
+    # accepted only if re-encoding the decoded indices (with the parameters read from the stream, so no float
     # comparison is involved) gives it back byte for byte.
     if _encode(list(zip(outs, ks)), model, choices or None) != payload:
         raise CodecError("corrupt payload: it does not match the decoded indices")
-    return [out.reshape(dims) for out in outs]
+    return outs
 
 
 def ideal_code_length_bits(indices: np.ndarray, alphabet_size: int, entropy_model: int) -> float:
@@ -383,8 +501,12 @@ def ideal_code_length_bits(indices: np.ndarray, alphabet_size: int, entropy_mode
     if model == UNIFORM:
         return float(arr.size * math.log2(k))
     total = 0.0
-    for sym in arr.reshape(arr.shape[0], -1):
-        total += _CHOICE_BITS + float(_adaptive_costs(sym, k).min())
+    for g in range(arr.shape[0]):
+        if _uses_context(model, k):
+            costs = _context_costs(arr[g], arr[g - 1] if g > 0 else None, k)
+            total += _CHOICE_BITS + math.log2(len(MIX_WEIGHTS)) + float(costs.min())
+        else:
+            total += _CHOICE_BITS + float(_adaptive_costs(arr[g].reshape(-1), k).min())
     return total
 
 
@@ -393,10 +515,12 @@ def ideal_stage_bits(grids: list[np.ndarray], alphabet_sizes: list[int], entropy
     return sum(ideal_code_length_bits(grid, k, entropy_model) for grid, k in zip(grids, alphabet_sizes))
 
 
-def choose_stage_entropy_model(grids: list[np.ndarray], alphabet_sizes: list[int]) -> int:
-    """The entropy model id giving the smaller payload for all stages together (UNIFORM wins ties)."""
-    adaptive = ideal_stage_bits(grids, alphabet_sizes, ADAPTIVE)
-    return ADAPTIVE if adaptive < ideal_stage_bits(grids, alphabet_sizes, UNIFORM) else UNIFORM
+def choose_stage_entropy_model(grids: list[np.ndarray], alphabet_sizes: list[int],
+                               models: tuple[int, ...] = (UNIFORM, ADAPTIVE, CONTEXT)) -> int:
+    """Among `models`, the entropy model id giving the smallest payload for all stages together (ties go to
+    the earlier id)."""
+    bits = [ideal_stage_bits(grids, alphabet_sizes, model) for model in models]
+    return models[int(np.argmin(bits))]
 
 
 def choose_entropy_model(indices: np.ndarray, alphabet_size: int) -> int:

@@ -106,7 +106,7 @@ def test_accepts_bytearray_and_memoryview():
     dict(width=65535, height=65535),  # > MAX_PIXELS
     dict(color_mode=2), dict(codebook_size=1), dict(codebook_size=65536),
     dict(groups=0), dict(groups=256), dict(downsample=0), dict(downsample=256),
-    dict(entropy_model=2), dict(payload_length=-1), dict(payload_length=2**32),
+    dict(entropy_model=3), dict(payload_length=-1), dict(payload_length=2**32),
     dict(width=10.0), dict(groups=True),
     dict(width=16384, height=8192, groups=2, downsample=1),  # latent grid too large
 ])

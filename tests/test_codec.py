@@ -35,17 +35,20 @@ def test_encoding_is_deterministic(tiny_model):
         raqcodec.compress(pixels, codebook_size=300, model=tiny_model)
 
 
-def test_rate_control_picks_the_largest_fitting_codebook(tiny_model):
+def test_rate_control_fits_the_target_at_least_as_well_as_the_nearest_pick(tiny_model):
+    from raqcodec.ratecontrol import _nearest_pick, latent_error
+
     pixels = synthetic_image(128, 160, seed=5)
     latent = analyse(tiny_model, pixels)
-    # from eK=16 up: below it one more codeword adds over 2% of rate, so no eK may land within 10% of a target
     smallest = encode_latent(tiny_model, latent, 16).bpp
     largest = encode_latent(tiny_model, latent, tiny_model.cfg.max_codebook_size).bpp
     for target in np.linspace(smallest * 1.05, largest * 0.95, 4):
         enc = encode(pixels, bpp=float(target), model=tiny_model)
-        assert enc.bpp <= target
-        assert encode_latent(tiny_model, latent, enc.header.codebook_size + 1).bpp > target
-        assert enc.bpp >= 0.9 * target
+        assert 0.9 * target <= enc.bpp <= target
+        nearest = _nearest_pick(tiny_model, latent, float(target))[0]  # one of the options
+        assert nearest.bpp <= target
+        assert latent_error(tiny_model, latent, enc.setting, enc.indices) <= \
+            latent_error(tiny_model, latent, nearest.setting, nearest.indices)
 
 
 def test_rate_target_below_smallest_names_the_smallest(tiny_model):

@@ -174,7 +174,7 @@ def test_uniform_data_picks_uniform():
         (np.zeros((1, 2, 3), np.int32), 1, 0),  # alphabet too small
         (np.zeros((1, 2, 3), np.int32), 65537, 0),  # alphabet too large
         (np.zeros((1, 2, 3), np.int32), 16.0, 0),  # alphabet not int
-        (np.zeros((1, 2, 3), np.int32), 16, 2),  # unknown model
+        (np.zeros((1, 2, 3), np.int32), 16, 3),  # unknown model
         (np.zeros((1, 2, 3), np.int32), 16, True),  # bool is not a model id
     ],
 )

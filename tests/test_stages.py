@@ -51,7 +51,7 @@ def test_one_stage_files_stay_version_1():
 
 
 @pytest.mark.parametrize("data,fragment", [
-    (v2_file(stages=1, residual_sizes=()), "stages=1"),
+    (v2_file(stages=1, residual_sizes=()), "does not fit 1 stage"),  # one stage, model 1: must be v1
     (v2_file(stages=9, residual_sizes=(16,) * 8), "stages=9"),
     (v2_file(residual_sizes=(1,)), "codebook_size=1"),
     (v2_file()[:29], "truncated"),
@@ -201,23 +201,25 @@ def test_prefix_cache_gives_the_same_files(two_stage_model):
 
 
 def test_rate_aware_encode(two_stage_model):
-    from raqcodec.codec import encode_rate_aware
+    from raqcodec.ratecontrol import RateAwareQuantizer
 
     latent = analyse(two_stage_model, synthetic_image(64, 80, seed=3))
     for setting in ((300,), (4096, 300)):
         plain = encode_latent(two_stage_model, latent, setting)
-        assert encode_rate_aware(two_stage_model, latent, setting, 0.0).data == plain.data
-        cheap = encode_rate_aware(two_stage_model, latent, setting, 10.0)
+        quantizer = RateAwareQuantizer(two_stage_model, latent, setting)
+        assert quantizer.encode(0.0).data == plain.data
+        cheap = quantizer.encode(10.0)
         assert cheap.bpp < plain.bpp
         decoded = np.asarray(raqcodec.decompress(cheap.data, model=two_stage_model))
         assert np.array_equal(decoded, reconstruct(two_stage_model, cheap.indices, setting, 80, 64))
 
 
-def test_rate_control_fills_a_gap_at_the_bottom_of_the_ladder(two_stage_model):
+def test_rate_control_reaches_below_the_smallest_nearest_codeword_file(two_stage_model):
+    from raqcodec.ratecontrol import latent_error
+
     pixels = synthetic_image(96, 128, seed=6)
     latent = analyse(two_stage_model, pixels)
-    small, large = encode_latent(two_stage_model, latent, (3,)).bpp, encode_latent(two_stage_model, latent, (4,)).bpp
-    target = small + 0.8 * (large - small)
-    enc = encode(pixels, bpp=target, model=two_stage_model)
-    # eK=4 coded rate-aware fits the target and, for this model and image, has the lower latent error
-    assert enc.setting == (4,) and small < enc.bpp <= target
+    floor = encode_latent(two_stage_model, latent, (2,)).bpp
+    enc = encode(pixels, bpp=0.97 * floor, model=two_stage_model)
+    assert enc.bpp <= 0.97 * floor
+    assert latent_error(two_stage_model, latent, enc.setting, enc.indices) < float((latent.z ** 2).mean())

@@ -25,25 +25,75 @@ def merge_groups(vectors: torch.Tensor, batch: int, height: int, width: int) -> 
     return vectors.reshape(g, batch, height, width, dg).permute(1, 0, 4, 2, 3).reshape(batch, g * dg, height, width)
 
 
-@torch.no_grad()
-def nearest_indices(vectors: torch.Tensor, codebook: torch.Tensor, penalty: torch.Tensor | None = None) -> torch.Tensor:
-    """Index of the nearest codeword (squared L2) for each vector, or of the smallest squared distance + penalty.
+def _distance_chunks(vectors: torch.Tensor, codebook: torch.Tensor, penalty: torch.Tensor | None = None):
+    """Yield (start, D): D (G, rows, n) = |c|^2 - 2 v.c (+ penalty) for vectors[:, start:start + rows].
 
-    vectors (G, N, dg), codebook (G, n, dg), penalty (G, n) or None -> (G, N) int64. Rows are processed in
-    chunks so that memory stays bounded whatever N and n (eK=4096 on a 12-megapixel image included).
+    |v|^2 is left out (the same for every codeword of a row). Rows are chunked so that memory stays bounded
+    whatever N and n (eK=4096 on a 12-megapixel image included).
     """
     g, n_vec, _ = vectors.shape
     n_code = codebook.shape[1]
     code_sq = (codebook * codebook).sum(-1)  # (G, n)
     code_sq = (code_sq if penalty is None else code_sq + penalty).unsqueeze(1)  # (G, 1, n)
     chunk = max(1, _DISTANCE_CHUNK_ELEMENTS // (g * n_code))
-    out = torch.empty(g, n_vec, dtype=torch.long, device=vectors.device)
     for start in range(0, n_vec, chunk):
-        part = vectors[:, start:start + chunk]
-        # |v|^2 is the same for every codeword, so it does not change the argmin.
-        dist = torch.baddbmm(code_sq, part, codebook.transpose(1, 2), alpha=-2.0)
-        out[:, start:start + chunk] = dist.argmin(-1)
+        yield start, torch.baddbmm(code_sq, vectors[:, start:start + chunk], codebook.transpose(1, 2), alpha=-2.0)
+
+
+@torch.no_grad()
+def nearest_indices(vectors: torch.Tensor, codebook: torch.Tensor, penalty: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the nearest codeword (squared L2) for each vector, or of the smallest squared distance + penalty.
+
+    vectors (G, N, dg), codebook (G, n, dg), penalty (G, n) or None -> (G, N) int64.
+    """
+    out = torch.empty(vectors.shape[:2], dtype=torch.long, device=vectors.device)
+    for start, dist in _distance_chunks(vectors, codebook, penalty):
+        out[:, start:start + dist.shape[1]] = dist.argmin(-1)
     return out
+
+
+@torch.no_grad()
+def nearest_candidates(vectors: torch.Tensor, codebook: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `count` nearest codewords of each vector, nearest first.
+
+    vectors (G, N, dg), codebook (G, n, dg) -> (squared distances (G, N, m) float, indices (G, N, m) int64),
+    m = min(count, n).
+    """
+    m = min(count, codebook.shape[1])
+    dist = torch.empty(*vectors.shape[:2], m, device=vectors.device)
+    idx = torch.empty(*vectors.shape[:2], m, dtype=torch.long, device=vectors.device)
+    v_sq = (vectors * vectors).sum(-1, keepdim=True)  # (G, N, 1)
+    for start, part in _distance_chunks(vectors, codebook):
+        stop = start + part.shape[1]
+        top = part.topk(m, dim=-1, largest=False)  # sorted, nearest first
+        dist[:, start:stop] = (top.values + v_sq[:, start:stop]).clamp_min(0.0)
+        idx[:, start:stop] = top.indices
+    return dist, idx
+
+
+@torch.no_grad()
+def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, codebook_size: int, lam: float,
+                                passes: int) -> torch.Tensor:
+    """Entropy-constrained VQ (Chou, Lookabaugh and Gray 1989) among each vector's nearest candidates.
+
+    dist, candidates: (G, N, m) from nearest_candidates. Each vector takes the candidate minimising squared
+    distance + lam * bits, where bits(k) = -log2 of codeword k's share of its group's current assignment
+    (counts + 1/2, the order-0 cost an adaptive coder converges to). The assignment starts at the nearest
+    codewords and is re-estimated `passes` times. lam: squared-distance units per bit (0: nearest).
+    Returns (G, N) int64.
+    """
+    choice = candidates[..., 0]
+    if lam <= 0:
+        return choice
+    g, n, m = candidates.shape
+    flat = candidates.reshape(g, n * m)
+    for _ in range(passes):
+        counts = torch.zeros(g, codebook_size, device=dist.device).scatter_add_(
+            1, choice, torch.ones_like(choice, dtype=torch.float32))
+        bits = torch.log2(counts.sum(1, keepdim=True) + 0.5 * codebook_size) - torch.log2(counts + 0.5)
+        cost = dist + lam * torch.gather(bits, 1, flat).reshape(g, n, m)
+        choice = torch.gather(candidates, 2, cost.argmin(-1, keepdim=True))[..., 0]
+    return choice
 
 
 def lookup(indices: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Regenerate format test vectors (only when a format version is added on purpose; old vectors stay).
 
     .venv/bin/python tests/vectors/make_vectors.py tiny-model-2stage.pt   # only that model's vectors
+    .venv/bin/python tests/vectors/make_vectors.py context                # entropy model 2 vectors, no training
 
 Writes tests/vectors/: MODEL (a small fixed model: tiny-model.pt, one stage, format version 1;
 tiny-model-2stage.pt, two stages, format version 2), NAME.raq, NAME.png (its decoded image) and vectors.json
@@ -9,6 +10,7 @@ RGB/L bytes) and PNG.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -37,6 +39,11 @@ MODELS = {  # model file -> (config overrides, {vector name: ((height, width), s
 }
 
 
+# Entropy model 2 (context) vectors, coded with the existing 2-stage model: name -> ((height, width), setting)
+CONTEXT_VECTORS = {"v2-rgb-72x56-ek64-context": ((56, 72), (64,)),
+                   "v2-rgb-40x64-ek300+1500-context": ((64, 40), (300, 1500))}
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -57,20 +64,43 @@ def make(model_name: str, record: dict) -> None:
         (HERE / f"{name}.raq").write_bytes(enc.data)
         image = decompress(enc.data, model=model)
         image.save(HERE / f"{name}.png")
-        header, payload = bitstream.unpack(enc.data)
-        grids = entropy.decode_stages(payload, header.latent_shape, list(setting), header.entropy_model)
-        record[name] = {"model": model_name,
-                        "indices_sha256": sha256(b"".join(g.astype("<i4").tobytes() for g in grids)),
-                        "pixels_sha256": sha256(np.asarray(image).tobytes()),
-                        "png_sha256": sha256((HERE / f"{name}.png").read_bytes()),
-                        "format_version": header.version}
+        record[name] = describe(name, model_name, enc.data, setting, image)
+
+
+def describe(name: str, model_name: str, data: bytes, setting: tuple[int, ...], image: Image.Image) -> dict:
+    """The vectors.json record of a written vector NAME.raq / NAME.png."""
+    header, payload = bitstream.unpack(data)
+    grids = entropy.decode_stages(payload, header.latent_shape, list(setting), header.entropy_model)
+    return {"model": model_name,
+            "indices_sha256": sha256(b"".join(g.astype("<i4").tobytes() for g in grids)),
+            "pixels_sha256": sha256(np.asarray(image).tobytes()),
+            "png_sha256": sha256((HERE / f"{name}.png").read_bytes()),
+            "format_version": header.version}
+
+
+def make_context(record: dict) -> None:
+    """Entropy model 2 vectors: the existing 2-stage model's nearest-codeword indices, coded with CONTEXT."""
+    model_name = "tiny-model-2stage.pt"
+    model = load_model(HERE / model_name)
+    for name, ((h, w), setting) in CONTEXT_VECTORS.items():
+        enc = encode(synthetic_image(h, w, seed=h + w), codebook_size=setting, model=model)
+        payload = entropy.encode_stages(enc.indices, list(setting), entropy.CONTEXT)
+        header = dataclasses.replace(enc.header, entropy_model=entropy.CONTEXT, payload_length=len(payload))
+        data = bitstream.pack(header, payload)
+        (HERE / f"{name}.raq").write_bytes(data)
+        image = decompress(data, model=model)
+        image.save(HERE / f"{name}.png")
+        record[name] = describe(name, model_name, data, setting, image)
 
 
 def main() -> None:
     path = HERE / "vectors.json"
     record = json.loads(path.read_text()) if path.exists() else {}
-    for model_name in sys.argv[1:] or MODELS:
-        make(model_name, record)
+    for model_name in sys.argv[1:] or [*MODELS, "context"]:
+        if model_name == "context":
+            make_context(record)
+        else:
+            make(model_name, record)
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
