@@ -229,7 +229,8 @@ def evaluate_cmd(folder, model_path, codebook_sizes, method, limit, json_out, de
 @click.option("--model", "model_paths", multiple=True, type=click.Path(dir_okay=False),
               help="Model file for the raq curve; repeat for one curve per model (default: the shipped model).")
 @click.option("--codecs", default="raq,jpeg,webp,avif", show_default=True,
-              help="Codecs to measure, comma-separated: raq, jpeg, webp, avif.")
+              help="Codecs to measure, comma-separated: raq (rate control at each --targets bpp), raq-nearest "
+                   "(the format-1 coder over the rate ladder), jpeg, webp, avif.")
 @click.option("--anchors", "anchor_paths", multiple=True, type=click.Path(dir_okay=False),
               help="Published curve (CompressAI JSON); repeat for several.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images by name.")
@@ -237,16 +238,19 @@ def evaluate_cmd(folder, model_path, codebook_sizes, method, limit, json_out, de
 @click.option("--codebook-sizes", default=None,
               help="eK sweep of the raq curves along every stage of the rate ladder, comma-separated "
                    "(default: 2..4096 in 17 steps), clipped to each model's range; eK+eK items are exact settings.")
+@click.option("--targets", default=None,
+              help="bpp targets of the raq curves, comma-separated (default: 0.06..1.5 in 16 steps).")
 @device_option
 def rd_cmd(folder, out_png, json_out, model_paths, codecs, anchor_paths, limit, reference, codebook_sizes,
-           device) -> None:
+           targets, device) -> None:
     """Rate-distortion curves (PSNR and MS-SSIM vs bpp) of raqcodec and Pillow codecs, BD table and plot."""
-    from raqcodec.rd import RAQ_SIZES, parse_sizes, run_rd, split_list
+    from raqcodec.rd import RAQ_SIZES, RAQ_TARGETS, parse_sizes, parse_targets, run_rd, split_list
 
     sizes = RAQ_SIZES if codebook_sizes is None else parse_sizes(codebook_sizes)
+    bpp_targets = RAQ_TARGETS if targets is None else parse_targets(targets)
     result = run_rd(folder, models=model_paths, codecs=split_list(codecs, "--codecs"),
-                    anchors=anchor_paths, limit=limit, reference=reference, sizes=sizes, device=device,
-                    out_png=out_png, out_json=json_out)
+                    anchors=anchor_paths, limit=limit, reference=reference, sizes=sizes, targets=bpp_targets,
+                    device=device, out_png=out_png, out_json=json_out)
     click.echo(result.markdown())
 
 

@@ -86,6 +86,12 @@ def check_setting(model: RAQVAE, setting: Setting) -> None:
                              f"{cfg.min_codebook_size}..{cfg.max_codebook_size}")
 
 
+ENTROPY_MODELS = (entropy.UNIFORM, entropy.ADAPTIVE, entropy.CONTEXT)
+"""Entropy models the writer chooses from by default."""
+FORMAT_1_CODER = (entropy.UNIFORM, entropy.ADAPTIVE)
+"""The entropy models of format version 1 (with nearest-codeword indices: the coder before entropy model 2)."""
+
+
 @dataclass
 class Encoded:
     """One encode: the .raq bytes, its header and the index grids it carries (one (G, h, w) int32 per stage)."""
@@ -137,19 +143,23 @@ def _index_tensors(indices: list[np.ndarray], device: torch.device) -> list[torc
 
 
 def encode_latent(model: RAQVAE, latent: Latent, codebook_size: int | Setting,
-                  codebooks: list[torch.Tensor] | None = None, cache: PrefixCache | None = None) -> Encoded:
-    """Quantise a latent with one codebook(eK_s) per stage of the setting (or the given (G, eK_s, dg) tables)
-    and write the whole .raq file. cache: see quantize_latent (only with the model's own codebooks)."""
+                  codebooks: list[torch.Tensor] | None = None, cache: PrefixCache | None = None,
+                  entropy_models: tuple[int, ...] = ENTROPY_MODELS) -> Encoded:
+    """Quantise a latent with one codebook(eK_s) per stage of the setting (or the given (G, eK_s, dg) tables),
+    nearest codeword, and write the whole .raq file. cache: see quantize_latent (only with the model's own
+    codebooks). entropy_models: the ids the writer may choose from (FORMAT_1_CODER: the format-1 coder)."""
     setting = as_setting(codebook_size)
     check_setting(model, setting)
     tables = model.codebooks(setting) if codebooks is None else codebooks
     indices = quantize_latent(model, latent, setting, tables, cache if codebooks is None else None)
-    return write_file(model, latent, setting, indices)
+    return write_file(model, latent, setting, indices, entropy_models)
 
 
-def write_file(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np.ndarray]) -> Encoded:
-    """Entropy-code one (G, h, w) index grid per stage of the setting into a whole .raq file."""
-    entropy_model = entropy.choose_stage_entropy_model(indices, list(setting))
+def write_file(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np.ndarray],
+               entropy_models: tuple[int, ...] = ENTROPY_MODELS) -> Encoded:
+    """Entropy-code one (G, h, w) index grid per stage of the setting into a whole .raq file, with the entropy
+    model (among entropy_models) of smallest ideal code length."""
+    entropy_model = entropy.choose_stage_entropy_model(indices, list(setting), entropy_models)
     payload = entropy.encode_stages(indices, list(setting), entropy_model)
     cfg = model.cfg
     header = bitstream.Header(

@@ -11,11 +11,11 @@ stage takes, per latent vector, the codeword minimising
 the mean error of one latent element. Only the encoder changes; any decoder reads the files.
 
 Search (`choose_setting`):
-1. A binary search on the rate ladder with nearest codewords finds the highest setting L that fits
-   (probes just above the bracket cover the ladder's small non-monotonicities).
+1. A binary search with nearest codewords on predicted sizes finds the highest setting L that fits on a
+   coarse rate ladder (eK = 2, 3, 4, 6, 8, 12, ... per stage).
 2. A few larger settings are then coded rate-aware, each at the smallest m whose file fits (bisection on
-   log m): the same stage at 4x and 16x L's eK and at the largest eK, and, near the top of a stage, the next
-   stage at eK 256 and 4096 (`candidate_settings`). Measured on BSDS500 validation photos, large codebooks
+   log m): the same stage at 4, 16 and 64 x L's eK (at most the largest eK), and, near the top of a stage,
+   the next stage at eK 256 and 4096 (`candidate_settings`). Measured on BSDS500 validation photos, large codebooks
    coded with a strong m beat nearest coding with a small codebook at equal rate.
 3. The encode with the lowest latent error wins (quality judged in the latent: the encoder does not decode),
    among those of at least RATE_WINDOW x the target when there are any.
@@ -48,8 +48,7 @@ REAL_SEARCH_STEPS = 4  # further steps on real files when the predicted picks ov
 CALIBRATIONS = 2  # predicted bisections, each followed by a real file that recalibrates the prediction
 PREFIX_STRENGTH = 3.0  # strength m of the stages before the last (only the last stage's m is searched)
 RATE_WINDOW = 0.9  # options under this fraction of the target are used only when no other option fits
-PROBE_FACTORS = (1.02, 1.05, 1.1, 1.2)  # eK ratios probed above the binary search's bracket
-LARGER_FACTORS = (4, 16)  # eK ratios of the rate-aware candidates in the pick's own stage
+LARGER_FACTORS = (4, 16, 64)  # eK ratios (capped at the largest eK) of the rate-aware candidates in the pick's stage
 
 
 @torch.no_grad()
@@ -59,25 +58,36 @@ def latent_error(model: RAQVAE, latent: Latent, setting: Setting, indices: list[
     return float(((model.dequantize_stages(_index_tensors(indices, tables[0].device), tables) - latent.z) ** 2).mean())
 
 
+CandidateCache = dict[tuple[Setting, float | None], tuple[torch.Tensor, torch.Tensor]]
+"""(setting prefix up to stage s, strength of the stages before s or None for stage 1) -> nearest_candidates of
+stage s's input, for one latent: rate control's candidate settings share stages."""
+
+
 class RateAwareQuantizer:
     """One latent and one setting, its LAST stage quantised at any strength m (see the module docstring).
 
     The earlier stages are quantised once, at strength `prefix_strength`, and the last stage's nearest
-    candidates are computed once, so a call costs only the entropy-constrained choice.
+    candidates are computed once (or taken from `cache`), so a call costs only the entropy-constrained choice.
     """
 
-    def __init__(self, model: RAQVAE, latent: Latent, setting: Setting, prefix_strength: float = 0.0) -> None:
+    def __init__(self, model: RAQVAE, latent: Latent, setting: Setting, prefix_strength: float = 0.0,
+                 cache: CandidateCache | None = None) -> None:
         check_setting(model, setting)
         self.model, self.latent, self.setting = model, latent, setting
         self.tables = model.codebooks(setting)
-        groups = model.cfg.groups
         _, _, self.height, self.width = latent.z.shape
+        cache = {} if cache is None else cache
         residual, self.prefix = latent.z, []
-        for table in self.tables[:-1]:
-            idx = self._choose(nearest_candidates(split_groups(residual, groups), table, CANDIDATES), table, prefix_strength)
+        for stage, table in enumerate(self.tables):
+            key = (setting[:stage + 1], prefix_strength if stage else None)
+            if key not in cache:
+                cache[key] = nearest_candidates(split_groups(residual, model.cfg.groups), table, CANDIDATES)
+            if stage == len(self.tables) - 1:
+                self.last = cache[key]
+                break
+            idx = self._choose(cache[key], table, prefix_strength)
             self.prefix.append(self._grid(idx))
             residual = residual - merge_groups(lookup(idx, table), 1, self.height, self.width)
-        self.last = nearest_candidates(split_groups(residual, groups), self.tables[-1], CANDIDATES)
 
     def _choose(self, candidates: tuple[torch.Tensor, torch.Tensor], table: torch.Tensor, strength: float) -> torch.Tensor:
         dist, cand = candidates
@@ -105,14 +115,14 @@ def estimated_bpp(latent: Latent, setting: Setting, grids: list[np.ndarray]) -> 
 
 
 def fit_rate_aware(model: RAQVAE, latent: Latent, setting: Setting, bpp: float,
-                   prefix_strength: float = 0.0) -> Encoded | None:
+                   prefix_strength: float = 0.0, cache: CandidateCache | None = None) -> Encoded | None:
     """The setting coded at (about) the smallest strength m whose whole file is <= bpp; None if none is.
 
     Bisections on log m run on predicted sizes (estimated_bpp times the real/predicted ratio of the last real
     file); a real file is written after each, CALIBRATIONS times, and the last one that fits is returned. If
     none does, bisection continues on real files above the prediction.
     """
-    quantizer = RateAwareQuantizer(model, latent, setting, prefix_strength)
+    quantizer = RateAwareQuantizer(model, latent, setting, prefix_strength, cache)
     grids = quantizer.indices(STRENGTH_MAX)
     floor = write_file(model, latent, setting, grids)
     if floor.bpp > bpp:
@@ -152,35 +162,38 @@ def candidate_settings(model: RAQVAE, pick: Setting) -> list[Setting]:
     cfg = model.cfg
     largest = cfg.max_codebook_size
     *prefix, size = pick
-    out = [(*prefix, min(size * factor, largest)) for factor in LARGER_FACTORS] + [(*prefix, largest)]
-    if len(pick) < cfg.stages and size * LARGER_FACTORS[-1] >= largest:
+    out = [(*prefix, min(size * factor, largest)) for factor in LARGER_FACTORS]
+    if len(pick) < cfg.stages and size * LARGER_FACTORS[1] >= largest:
         out += [(*prefix, largest, 256), (*prefix, largest, largest)]
     return [s for s in dict.fromkeys(out) if s != pick]
 
 
+def search_ladder(model: RAQVAE) -> list[Setting]:
+    """The rate ladder at eK = 2^k and 3 * 2^(k-1) (2, 3, 4, 6, 8, 12, ...) per stage, within the model's range:
+    fine enough for step 1, since the rate-aware candidates fill the gaps between its steps."""
+    cfg = model.cfg
+    sizes = sorted({n for k in range(1, 17) for n in (2 ** k, 3 * 2 ** (k - 1))
+                    if cfg.min_codebook_size <= n <= cfg.max_codebook_size} | {cfg.min_codebook_size, cfg.max_codebook_size})
+    return cfg.ladder(sizes)
+
+
 def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float) -> tuple[Encoded | None, Encoded, Encoded]:
-    """(highest fitting nearest-codeword encode on the ladder or None, smallest ladder encode, largest one).
+    """(highest fitting nearest-codeword encode on the search ladder or None, smallest ladder encode, largest).
 
-    Sizes along the search are predicted (estimated_bpp); the three files returned are real.
-
-    File size grows along the ladder but not strictly (each eK has its own generated codebook), so a binary
-    search brackets a boundary, then probes just above it (in eK, within the same stage) look for a higher
-    setting that still fits; when one does, the search resumes above it.
+    A binary search on predicted sizes (estimated_bpp; file size grows along the ladder, nearly monotonically);
+    the three files returned are real.
     """
-    ladder = model.cfg.ladder()
-    position = {setting: i for i, setting in enumerate(ladder)}
+    ladder = search_ladder(model)
     grids: dict[int, list[np.ndarray]] = {}
-    sizes: dict[int, float] = {}  # estimated bpp
     prefixes: PrefixCache = {}
 
     def encoded(i: int) -> Encoded:
         return write_file(model, latent, ladder[i], grids[i])
 
     def fits(i: int) -> bool:
-        if i not in sizes:
+        if i not in grids:
             grids[i] = quantize_latent(model, latent, ladder[i], model.codebooks(ladder[i]), prefixes)
-            sizes[i] = estimated_bpp(latent, ladder[i], grids[i])
-        return sizes[i] <= bpp
+        return estimated_bpp(latent, ladder[i], grids[i]) <= bpp
 
     lo, hi = 0, len(ladder) - 1
     fits(lo)
@@ -193,18 +206,15 @@ def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float) -> tuple[Encoded | 
         return largest, smallest, largest
     if not fits(lo):
         return smallest, smallest, largest
-    largest = model.cfg.max_codebook_size
-    while True:
-        while hi - lo > 1:  # invariant: lo fits, hi does not
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-        *prefix, size = ladder[lo]
-        probes = sorted({position[(*prefix, min(round(size * f), largest - 1))] for f in PROBE_FACTORS})
-        above = [i for i in probes if i > lo and fits(i)]
-        if not above:
-            return encoded(lo), smallest, largest
-        lo = max(above)
-        hi = min(i for i, size in sizes.items() if i > lo and size > bpp)
+    while hi - lo > 1:  # invariant: lo fits, hi does not
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return encoded(lo), smallest, largest
+
+
+def smallest_file(model: RAQVAE, latent: Latent) -> Encoded:
+    """The smallest file rate control makes: the ladder's first setting at strength STRENGTH_MAX."""
+    return RateAwareQuantizer(model, latent, model.cfg.ladder()[0]).encode(STRENGTH_MAX)
 
 
 def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
@@ -218,12 +228,13 @@ def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
         return largest
     base = pick.setting if pick is not None else smallest.setting
     options = [enc for enc in [pick] if enc is not None]
+    cache: CandidateCache = {}
     for setting in ([base] if pick is None else []) + candidate_settings(model, base):
-        enc = fit_rate_aware(model, latent, setting, bpp, PREFIX_STRENGTH)
+        enc = fit_rate_aware(model, latent, setting, bpp, PREFIX_STRENGTH, cache)
         if enc is not None:
             options.append(enc)
     if not options:
-        floor = RateAwareQuantizer(model, latent, smallest.setting).encode(STRENGTH_MAX)
+        floor = smallest_file(model, latent)
         raise CodecError(f"target {bpp:g} bpp is below the smallest achievable rate for this image, "
                          f"{floor.bpp:.4f} bpp (eK={setting_label(smallest.setting)})")
     in_window = [enc for enc in options if enc.bpp >= RATE_WINDOW * bpp] or options

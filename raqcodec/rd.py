@@ -15,6 +15,7 @@ import io
 import json
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +30,14 @@ from PIL import Image, features
 from tqdm import tqdm
 
 from raqcodec.bd import bd_psnr, bd_rate
-from raqcodec.codec import Setting, analyse, as_setting, check_setting, encode_latent, get_model, reconstruct
+from raqcodec.codec import (ENTROPY_MODELS, FORMAT_1_CODER, Setting, analyse, as_setting, check_setting, encode_latent,
+                            get_model, reconstruct)
 from raqcodec.data import list_images
 from raqcodec.errors import CodecError
 from raqcodec.image_io import load_image
 from raqcodec.metrics import DB_CAP, ms_ssim, psnr
 from raqcodec.models import RAQVAE
+from raqcodec.ratecontrol import choose_setting, smallest_file
 
 Curve = dict[str, Any]
 
@@ -48,7 +51,12 @@ PILLOW_CODECS = {
 }
 """Codec name -> (Pillow format, quality sweep spanning about 0.1 to 2 bits per pixel on Kodak)."""
 
-CODECS = ("raq", *PILLOW_CODECS)
+RAQ_TARGETS = (0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.1, 1.3, 1.5)
+"""Default --bpp targets of a raqcodec curve (each image coded by rate control at every target)."""
+
+CODECS = ("raq", "raq-nearest", *PILLOW_CODECS)
+"""raq: rate control at each target (rate-aware indices, every entropy model); raq-nearest: the format-1 coder
+(nearest codewords, entropy models 0 and 1) over the rate ladder: the coder before entropy model 2."""
 
 
 @dataclass
@@ -148,8 +156,9 @@ def ladder_sweep(model: RAQVAE, sizes: Sequence[int | Setting] = RAQ_SIZES) -> l
 
 @torch.no_grad()
 def measure_raq(model: RAQVAE, images: Sequence[np.ndarray], settings: Sequence[Setting], *, name: str = "raqcodec",
-                progress: bool = True) -> Curve:
-    """The curve of a model over settings (one eK per stage, all inside its range), with real .raq file sizes.
+                progress: bool = True, entropy_models: tuple[int, ...] = ENTROPY_MODELS) -> Curve:
+    """The curve of a model over settings (one eK per stage, all inside its range), with real .raq file sizes,
+    nearest-codeword indices and the writer's choice among entropy_models.
 
     Each image is analysed once; its latent is re-quantised, coded and decoded per setting.
     """
@@ -158,8 +167,33 @@ def measure_raq(model: RAQVAE, images: Sequence[np.ndarray], settings: Sequence[
         for i, image in enumerate(images):
             latent = analyse(model, image)
             for j, setting in enumerate(settings):
-                encoded = encode_latent(model, latent, setting)
+                encoded = encode_latent(model, latent, setting, entropy_models=entropy_models)
                 decoded = reconstruct(model, encoded.indices, setting, latent.width, latent.height)
+                scores[j, i] = _score(image, decoded, len(encoded.data))
+                bar.update()
+    return _mean_curve(name, scores)
+
+
+@torch.no_grad()
+def measure_raq_targets(model: RAQVAE, images: Sequence[np.ndarray], targets: Sequence[float], *,
+                        name: str = "raqcodec", progress: bool = True) -> Curve:
+    """The curve of a model coding every image at each bpp target by rate control (raq compress --bpp).
+
+    A target below an image's smallest achievable rate gives its smallest file; above its largest, the
+    largest (as --bpp does, without the warning).
+    """
+    scores = np.zeros((len(targets), len(images), 3))
+    with _progress(name, len(targets) * len(images), progress) as bar:
+        for i, image in enumerate(images):
+            latent = analyse(model, image)
+            for j, target in enumerate(targets):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    try:
+                        encoded = choose_setting(model, latent, target)
+                    except CodecError:
+                        encoded = smallest_file(model, latent)
+                decoded = reconstruct(model, encoded.indices, encoded.setting, latent.width, latent.height)
                 scores[j, i] = _score(image, decoded, len(encoded.data))
                 bar.update()
     return _mean_curve(name, scores)
@@ -320,6 +354,18 @@ def parse_sizes(text: str) -> list[int | Setting]:
         raise CodecError(f"--codebook-sizes must be comma-separated integers or eK+eK settings, got {text!r}") from None
 
 
+def parse_targets(text: str) -> list[float]:
+    """A comma-separated list of positive bpp targets."""
+    items = split_list(text, "--targets")
+    try:
+        values = [float(item) for item in items]
+    except ValueError:
+        values = []
+    if not values or any(not (math.isfinite(v) and v > 0) for v in values):
+        raise CodecError(f"--targets must be comma-separated positive numbers, got {text!r}")
+    return values
+
+
 def _parse_codecs(codecs: Sequence[str]) -> list[str]:
     """Codec names checked against CODECS (and AVIF support of this Pillow)."""
     unknown = [codec for codec in codecs if codec not in CODECS]
@@ -356,36 +402,49 @@ def _name_anchors(anchors: Sequence[Curve], sources: Sequence[str | Path], taken
 
 def run_rd(folder: str | Path, *, models: Sequence[str | None] = (None,), codecs: Sequence[str] = CODECS,
            anchors: Sequence[str | Path] = (), limit: int | None = None, reference: str = "jpeg",
-           sizes: Sequence[int | Setting] = RAQ_SIZES, device: str = "auto", out_png: str | Path | None = None,
-           out_json: str | Path | None = None, progress: bool = True) -> RDResult:
+           sizes: Sequence[int | Setting] = RAQ_SIZES, targets: Sequence[float] = RAQ_TARGETS,
+           device: str = "auto", out_png: str | Path | None = None, out_json: str | Path | None = None,
+           progress: bool = True) -> RDResult:
     """Measure the codecs on the first `limit` images of `folder`, add the anchors, BD against `reference`.
 
-    models: model files for "raq" (None or none given: the shipped model), one curve each. Writes the rd.json
-    document to out_json and the plot to out_png when given. Inputs are checked before anything is measured.
+    models: model files for "raq" and "raq-nearest" (None or none given: the shipped model), one curve each:
+    "raq" codes each image at every bpp target (rate control), "raq-nearest" (curve name suffixed "-nearest")
+    at every setting of the ladder sweep of `sizes` with the format-1 coder. Writes the rd.json document to
+    out_json and the plot to out_png when given. Inputs are checked before anything is measured.
     """
     codecs = _parse_codecs(codecs)
     models = list(models or [None])
-    raq_names = _raq_names(models) if "raq" in codecs else []
-    measured_names = raq_names + [codec for codec in codecs if codec != "raq"]
+    names = _raq_names(models) if {"raq", "raq-nearest"} & set(codecs) else []
+    raq_names = names if "raq" in codecs else []
+    nearest_names = [f"{name}-nearest" for name in names] if "raq-nearest" in codecs else []
+    pillow = [codec for codec in codecs if codec in PILLOW_CODECS]
+    measured_names = raq_names + nearest_names + pillow
     anchor_curves = _name_anchors([load_anchor(path) for path in anchors], anchors, set(measured_names))
     if reference not in measured_names and reference not in anchor_curves:
         raise CodecError(f"reference codec {reference!r} is not among the curves: "
                          f"{', '.join(measured_names + list(anchor_curves))}")
+    if raq_names and (not targets or any(not (math.isfinite(t) and t > 0) for t in targets)):
+        raise CodecError(f"bpp targets must be positive numbers, got {list(targets)}")
     images = load_images(folder, limit)
-    raq_models = {name: get_model(path, device) for name, path in zip(raq_names, models)}
+    raq_models = {name: get_model(path, device) for name, path in zip(names, models)}
     raq_sizes = {name: ladder_sweep(model, sizes) for name, model in raq_models.items()}
     measured: dict[str, Curve] = {}
     for name, model in raq_models.items():
-        measured[name] = measure_raq(model, images, raq_sizes[name], name=name, progress=progress)
-    for codec in codecs:
-        if codec != "raq":
-            fmt, qualities = PILLOW_CODECS[codec]
-            measured[codec] = measure_pillow(images, fmt, qualities, name=codec, progress=progress)
+        if name in raq_names:
+            measured[name] = measure_raq_targets(model, images, targets, name=name, progress=progress)
+        if nearest_names:
+            nearest = f"{name}-nearest"
+            measured[nearest] = measure_raq(model, images, raq_sizes[name], name=nearest, progress=progress,
+                                            entropy_models=FORMAT_1_CODER)
+    for codec in pillow:
+        fmt, qualities = PILLOW_CODECS[codec]
+        measured[codec] = measure_pillow(images, fmt, qualities, name=codec, progress=progress)
     curves = {**measured, **anchor_curves}
     title = f"{Path(folder).resolve().name}: {len(images)} image{'s' if len(images) != 1 else ''}"
     doc = {"dataset": str(folder), "images": len(images), "codecs": curves, "bd": bd_table(curves, reference)}
     if out_json is not None:
         Path(out_json).write_text(json.dumps(doc, indent=2) + "\n")
     if out_png is not None:
-        plot(curves, out_png, title, dashed=list(anchor_curves), x_max=_x_max([measured[name] for name in raq_names]))
+        plot(curves, out_png, title, dashed=list(anchor_curves),
+             x_max=_x_max([measured[name] for name in raq_names + nearest_names]))
     return RDResult(doc, list(measured))

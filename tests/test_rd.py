@@ -56,24 +56,27 @@ def run(*args) -> Result:
 
 def test_rd_command_writes_plot_json_and_tables(folder, anchor, tmp_path):
     png, out_json = tmp_path / "rd.png", tmp_path / "rd.json"
-    res = run("rd", folder, "--out", png, "--json", out_json, "--model", TINY_MODEL, "--codecs", "raq,jpeg",
-              "--codebook-sizes", SIZES, "--limit", 2, "--anchors", anchor, "--device", "cpu")
+    res = run("rd", folder, "--out", png, "--json", out_json, "--model", TINY_MODEL, "--codecs",
+              "raq,raq-nearest,jpeg", "--codebook-sizes", SIZES, "--targets", "0.3,0.6,1.0", "--limit", 2,
+              "--anchors", anchor, "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert Image.open(png).format == "PNG"
     doc = json.loads(out_json.read_text())
     assert doc["images"] == 2 and doc["dataset"] == str(folder)
-    assert set(doc["codecs"]) == {"raqcodec", "jpeg", "Published"}
-    for name in ("raqcodec", "jpeg"):
+    assert set(doc["codecs"]) == {"raqcodec", "raqcodec-nearest", "jpeg", "Published"}
+    for name in ("raqcodec", "raqcodec-nearest", "jpeg"):
         results = doc["codecs"][name]["results"]
         assert doc["codecs"][name]["name"] == name
         assert len(results["bpp"]) == len(results["psnr-rgb"]) == len(results["ms-ssim-rgb"])
         assert results["bpp"] == sorted(results["bpp"])
         assert all(0 < s <= 1 for s in results["ms-ssim-rgb"])
-    assert len(doc["codecs"]["raqcodec"]["results"]["bpp"]) == 5
+    assert len(doc["codecs"]["raqcodec-nearest"]["results"]["bpp"]) == 5
+    assert len(doc["codecs"]["raqcodec"]["results"]["bpp"]) == 3  # one point per target, each within it
+    assert all(b <= t for b, t in zip(doc["codecs"]["raqcodec"]["results"]["bpp"], [0.3, 0.6, 1.0]))
     assert doc["codecs"]["Published"]["results"]["bpp"] == [0.25, 0.5, 1.0, 2.0]
     assert doc["bd"]["reference"] == "jpeg"
     assert doc["bd"]["rows"]["jpeg"]["bd_rate_percent"] == pytest.approx(0.0, abs=1e-9)
-    assert set(doc["bd"]["rows"]) == {"raqcodec", "jpeg", "Published"}
+    assert set(doc["bd"]["rows"]) == {"raqcodec", "raqcodec-nearest", "jpeg", "Published"}
     assert "| codec | BD-rate % | BD-PSNR dB |" in res.output and "| Published |" in res.output
 
 
