@@ -102,48 +102,68 @@ class RateAwareQuantizer:
         """One (G, h, w) int32 index grid per stage, the last at strength m."""
         return [*self.prefix, self._grid(self._choose(self.last, self.tables[-1], strength))]
 
+    @torch.no_grad()
+    def order0_bpp(self, strength: float) -> float:
+        """A fast size proxy at strength m, in bits per pixel: the empirical order-0 entropy of every stage's
+        indices per group, plus the container and coder overhead (fit_rate_aware scales it to real sizes)."""
+        if not hasattr(self, "_prefix_bits"):
+            self._prefix_bits = sum(_order0_bits(torch.from_numpy(grid.reshape(grid.shape[0], -1).astype(np.int64)),
+                                                 size) for grid, size in zip(self.prefix, self.setting))
+        last = _order0_bits(self._choose(self.last, self.tables[-1], strength), self.setting[-1])
+        return (self._prefix_bits + last + 8 * _overhead_bytes(self.setting)) / (self.latent.width * self.latent.height)
+
     def encode(self, strength: float) -> Encoded:
         return write_file(self.model, self.latent, self.setting, self.indices(strength))
+
+
+def _order0_bits(indices: torch.Tensor, size: int) -> float:
+    """Sum over groups of n * H(empirical distribution) for indices (G, n) into `size` codewords, in bits."""
+    counts = torch.zeros(indices.shape[0], size, device=indices.device).scatter_add_(
+        1, indices, torch.ones_like(indices, dtype=torch.float32))
+    n = float(indices.shape[1])
+    return float(indices.shape[0] * n * np.log2(n) - (counts * torch.log2(counts.clamp_min(1.0))).sum())
 
 
 def estimated_bpp(latent: Latent, setting: Setting, grids: list[np.ndarray]) -> float:
     """Whole-file bpp predicted without coding: the ADAPTIVE model's ideal code length plus header, checksum
     and 8 bytes of coder termination. The writer picks the smallest model, so the real file is rarely larger."""
     bits = entropy.ideal_stage_bits(grids, list(setting), entropy.ADAPTIVE)
-    overhead_bytes = HEADER_SIZE + 1 + 2 * (len(setting) - 1) + CRC_SIZE + 8
-    return (bits + 8 * overhead_bytes) / (latent.width * latent.height)
+    return (bits + 8 * _overhead_bytes(setting)) / (latent.width * latent.height)
+
+
+def _overhead_bytes(setting: Setting) -> int:
+    """Bytes of a file beyond its ideal code length: header, stage extension, checksum, 8 of coder termination."""
+    return HEADER_SIZE + 1 + 2 * (len(setting) - 1) + CRC_SIZE + 8
 
 
 def fit_rate_aware(model: RAQVAE, latent: Latent, setting: Setting, bpp: float,
                    prefix_strength: float = 0.0, cache: CandidateCache | None = None) -> Encoded | None:
     """The setting coded at (about) the smallest strength m whose whole file is <= bpp; None if none is.
 
-    Bisections on log m run on predicted sizes (estimated_bpp times the real/predicted ratio of the last real
-    file); a real file is written after each, CALIBRATIONS times, and the last one that fits is returned. If
-    none does, bisection continues on real files above the prediction.
+    Bisections on log m run on a fast size proxy (RateAwareQuantizer.order0_bpp) times the ratio real
+    file / proxy of the last real file; a real file is written after each, CALIBRATIONS times, and the
+    largest one that fits is returned. If none does, bisection continues on real files above the prediction.
     """
     quantizer = RateAwareQuantizer(model, latent, setting, prefix_strength, cache)
-    grids = quantizer.indices(STRENGTH_MAX)
-    floor = write_file(model, latent, setting, grids)
+    floor = quantizer.encode(STRENGTH_MAX)
     if floor.bpp > bpp:
         return None
-    fitting, last = floor, floor
+    fitting, last, last_strength = floor, floor, STRENGTH_MAX
     lo, hi = STRENGTH_MIN, STRENGTH_MAX
     for _ in range(CALIBRATIONS):
-        scale = last.bpp / estimated_bpp(latent, setting, last.indices)
+        scale = last.bpp / quantizer.order0_bpp(last_strength)
         lo, hi, pick = STRENGTH_MIN, STRENGTH_MAX, None  # invariant: hi fits (predicted)
         for _ in range(SEARCH_STEPS):
             mid = (lo * hi) ** 0.5
-            grids = quantizer.indices(mid)
-            if scale * estimated_bpp(latent, setting, grids) <= bpp:
-                hi, pick = mid, grids
+            if scale * quantizer.order0_bpp(mid) <= bpp:
+                hi, pick = mid, mid
             else:
                 lo = mid
         if pick is None:
             break
-        last = write_file(model, latent, setting, pick)
-        if last.bpp <= bpp:
-            fitting = last if last.bpp > fitting.bpp or fitting is floor else fitting
+        last, last_strength = quantizer.encode(pick), pick
+        if last.bpp <= bpp and (last.bpp > fitting.bpp or fitting is floor):
+            fitting = last
     if fitting is not floor:
         return fitting
     lo, hi = hi, STRENGTH_MAX  # every prediction was optimistic: bisect on real files above it
