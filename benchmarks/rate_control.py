@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from raqcodec import entropy
-from raqcodec.codec import analyse, choose_setting, encode_latent, get_model, setting_label
+from raqcodec.codec import analyse, encode_latent, get_model, setting_label
+from raqcodec.ratecontrol import choose_setting
 from raqcodec.data import list_images
 from raqcodec.errors import CodecError
 
