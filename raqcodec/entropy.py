@@ -382,6 +382,11 @@ def _choice_model(model: int, alphabet_size: int) -> _Categorical:
     return _Categorical(_uniform_probs(n), perfect=False)
 
 
+def _context_parameters(choice: int) -> tuple[int, int]:
+    """(increment, alpha) selected by a CONTEXT group symbol in [0, 32)."""
+    return INCREMENTS[choice // len(MIX_WEIGHTS)], MIX_WEIGHTS[choice % len(MIX_WEIGHTS)]
+
+
 def _best_choice(model: int, grid: np.ndarray, previous: np.ndarray | None, alphabet_size: int) -> int:
     """The group parameter symbol of smallest ideal code length (encoder only)."""
     if _uses_context(model, alphabet_size):
@@ -407,7 +412,7 @@ def _encode(stages: list[tuple[np.ndarray, int]], model: int, choices: list[int]
             position += 1
             encoder.encode(np.array([choice], dtype=np.int32), choice_model)
             if _uses_context(model, k):
-                inc, alpha = INCREMENTS[choice // len(MIX_WEIGHTS)], MIX_WEIGHTS[choice % len(MIX_WEIGHTS)]
+                inc, alpha = _context_parameters(choice)
                 for row, weights in _context_tables(grid[g], previous, k, inc, alpha):
                     encoder.encode(grid[g, row], _CATEGORICAL_ROWS, weights)
                 continue
@@ -464,7 +469,7 @@ def decode_stages(
                 choice = int(np.asarray(decoder.decode(choice_model, 1))[0])
                 choices.append(choice)
                 if _uses_context(model, k):
-                    inc, alpha = INCREMENTS[choice // len(MIX_WEIGHTS)], MIX_WEIGHTS[choice % len(MIX_WEIGHTS)]
+                    inc, alpha = _context_parameters(choice)
                     for row, weights in _context_tables(out[g], out[g - 1] if g > 0 else None, k, inc, alpha):
                         out[g, row] = decoder.decode(_CATEGORICAL_ROWS, weights)
                     continue
