@@ -10,15 +10,19 @@ stage takes, per latent vector, the codeword minimising
 (`quantizer.entropy_constrained_indices`). So m is a dimensionless exchange rate: m = 1 trades one bit for
 the mean error of one latent element. Only the encoder changes; any decoder reads the files.
 
-Search (`choose_setting`):
+Search (`choose_setting`). Sizes are predicted from symbol counts (`adaptive_bits`, a closed form), and only
+the files that may be kept are written (3 on a typical image):
 1. A binary search with nearest codewords on predicted sizes finds the highest setting L that fits on a
-   coarse rate ladder (eK = 2, 3, 4, 6, 8, 12, ... per stage).
-2. A few larger settings are then coded rate-aware, each at the smallest m whose file fits (bisection on
-   log m): the same stage at 4, 16 and 64 x L's eK (at most the largest eK), and, near the top of a stage,
-   the next stage at eK 256 and 4096 (`candidate_settings`). Measured on BSDS500 validation photos, large codebooks
-   coded with a strong m beat nearest coding with a small codebook at equal rate.
-3. The encode with the lowest latent error wins (quality judged in the latent: the encoder does not decode),
-   among those of at least RATE_WINDOW x the target when there are any.
+   coarse rate ladder (eK = 2, 3, 4, 6, 8, 12, ... per stage); L's file is written (option 1).
+2. A few larger settings are coded rate-aware (`candidate_settings`): the same stage at 4, 16 and 64 x L's
+   eK (at most the largest eK), and, near the top of a stage, the next stage at eK 256 and 4096. For each,
+   a bisection on log m finds the smallest m whose PREDICTED file fits, and its latent error there. Only
+   the candidate of lowest predicted error is written, at the m found by `fit_rate_aware` on real files
+   (option 2; the next candidate if it cannot fit). Measured on BSDS500 validation photos, large codebooks
+   coded with a strong m beat nearest coding with a small codebook at equal rate, and writing only the
+   predicted best candidate costs +0.08 % latent error against writing them all.
+3. Of the options, the one with the lowest latent error wins (quality judged in the latent: the encoder does
+   not decode), among those of at least RATE_WINDOW x the target when there are any.
 
 A target below the ladder's smallest file is still met when the smallest setting coded at STRENGTH_MAX
 fits; otherwise it is a CodecError naming the smallest achievable bpp. A target above the largest file gives
@@ -26,6 +30,7 @@ the largest setting with a warning.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -46,6 +51,7 @@ STRENGTH_MIN, STRENGTH_MAX = 1e-4, 300.0  # range of m searched (the file shrink
 SEARCH_STEPS = 8  # bisection steps on log m, on predicted sizes
 REAL_SEARCH_STEPS = 4  # further steps on real files when the predicted picks overshoot
 CALIBRATIONS = 2  # predicted bisections, each followed by a real file that recalibrates the prediction
+CLOSE_ENOUGH = 0.98  # a fitting file of at least this fraction of the target ends the calibrations
 PREFIX_STRENGTH = 3.0  # strength m of the stages before the last (only the last stage's m is searched)
 RATE_WINDOW = 0.9  # options under this fraction of the target are used only when no other option fits
 LARGER_FACTORS = (4, 16, 64)  # eK ratios (capped at the largest eK) of the rate-aware candidates in the pick's stage
@@ -77,7 +83,7 @@ class RateAwareQuantizer:
         self.tables = model.codebooks(setting)
         _, _, self.height, self.width = latent.z.shape
         cache = {} if cache is None else cache
-        residual, self.prefix = latent.z, []
+        residual, prefix = latent.z, []
         for stage, table in enumerate(self.tables):
             key = (setting[:stage + 1], prefix_strength if stage else None)
             if key not in cache:
@@ -85,11 +91,15 @@ class RateAwareQuantizer:
             if stage == len(self.tables) - 1:
                 self.last = cache[key]
                 break
-            idx = self._choose(cache[key], table, prefix_strength)
-            self.prefix.append(self._grid(idx))
+            idx, _ = self._choose(cache[key], table, prefix_strength)
+            prefix.append(idx)
             residual = residual - merge_groups(lookup(idx, table), 1, self.height, self.width)
+        self.prefix = [self._grid(idx) for idx in prefix]
+        self._prefix_bits = sum(adaptive_bits(idx, size) for idx, size in zip(prefix, setting))
+        self._points: dict[float, tuple[torch.Tensor, float, float]] = {}
 
-    def _choose(self, candidates: tuple[torch.Tensor, torch.Tensor], table: torch.Tensor, strength: float) -> torch.Tensor:
+    def _choose(self, candidates: tuple[torch.Tensor, torch.Tensor], table: torch.Tensor,
+                strength: float) -> tuple[torch.Tensor, torch.Tensor]:
         dist, cand = candidates
         lam = strength * float(dist[..., 0].mean()) / self.model.cfg.group_dim
         return entropy_constrained_indices(dist, cand, table.shape[1], lam, PASSES)
@@ -97,83 +107,113 @@ class RateAwareQuantizer:
     def _grid(self, idx: torch.Tensor) -> np.ndarray:
         return idx.reshape(self.model.cfg.groups, self.height, self.width).cpu().numpy().astype(np.int32)
 
+    def _point(self, strength: float) -> tuple[torch.Tensor, float, float]:
+        """(last stage's indices (G, N), predicted payload bits, latent error) at strength m, computed once."""
+        if strength not in self._points:
+            idx, sq_dist = self._choose(self.last, self.tables[-1], strength)
+            bits = self._prefix_bits + adaptive_bits(idx, self.setting[-1])
+            error = float(sq_dist.mean()) / self.model.cfg.group_dim
+            self._points[strength] = idx, bits, error
+        return self._points[strength]
+
     @torch.no_grad()
     def indices(self, strength: float) -> list[np.ndarray]:
         """One (G, h, w) int32 index grid per stage, the last at strength m."""
-        return [*self.prefix, self._grid(self._choose(self.last, self.tables[-1], strength))]
+        return [*self.prefix, self._grid(self._point(strength)[0])]
 
-    @torch.no_grad()
-    def order0_bpp(self, strength: float) -> float:
-        """A fast size proxy at strength m, in bits per pixel: the empirical order-0 entropy of every stage's
-        indices per group, plus the container and coder overhead (fit_rate_aware scales it to real sizes)."""
-        if not hasattr(self, "_prefix_bits"):
-            self._prefix_bits = sum(_order0_bits(torch.from_numpy(grid.reshape(grid.shape[0], -1).astype(np.int64)),
-                                                 size) for grid, size in zip(self.prefix, self.setting))
-        last = _order0_bits(self._choose(self.last, self.tables[-1], strength), self.setting[-1])
-        return (self._prefix_bits + last + 8 * _overhead_bytes(self.setting)) / (self.latent.width * self.latent.height)
+    def predicted_bpp(self, strength: float, scale: float) -> float:
+        """Whole-file bpp predicted at strength m: `scale` x adaptive_bits of every stage, plus the overhead."""
+        return (scale * self._point(strength)[1] + 8 * _overhead_bytes(self.setting)) / (self.latent.width * self.latent.height)
+
+    def payload_scale(self, encoded: Encoded, strength: float) -> float:
+        """Real payload bits of the file encode(strength) wrote / its predicted bits (calibrates predicted_bpp)."""
+        return _payload_bits(encoded) / self._point(strength)[1]
+
+    def error(self, strength: float) -> float:
+        """Mean squared latent error at strength m (latent units; = latent_error of the indices)."""
+        return self._point(strength)[2]
 
     def encode(self, strength: float) -> Encoded:
         return write_file(self.model, self.latent, self.setting, self.indices(strength))
 
 
-def _order0_bits(indices: torch.Tensor, size: int) -> float:
-    """Sum over groups of n * H(empirical distribution) for indices (G, n) into `size` codewords, in bits."""
-    counts = torch.zeros(indices.shape[0], size, device=indices.device).scatter_add_(
-        1, indices, torch.ones_like(indices, dtype=torch.float32))
-    n = float(indices.shape[1])
-    return float(indices.shape[0] * n * np.log2(n) - (counts * torch.log2(counts.clamp_min(1.0))).sum())
+def adaptive_bits(indices: torch.Tensor, size: int) -> float:
+    """Predicted code length in bits of indices (G, N) into `size` codewords, without coding.
+
+    Per group, the ideal code length of a sequential adaptive model with pseudo-count 1 and count increment
+    inc, in closed form from the group's counts c_k (a Dirichlet(1/inc) mixture):
+        log2 G(N + size/inc) - log2 G(size/inc) - sum_k [log2 G(c_k + 1/inc) - log2 G(1/inc)],  G = Gamma,
+    at the best inc of entropy.INCREMENTS, plus the bits that signal inc. The ADAPTIVE model (tables updated
+    in blocks) codes a little more, the CONTEXT model a few % less: callers scale it to real files.
+    """
+    groups, n = indices.shape
+    counts = torch.zeros(groups, size, dtype=torch.float64, device=indices.device).scatter_add_(
+        1, indices, torch.ones_like(indices, dtype=torch.float64))
+    a = 1.0 / torch.tensor(entropy.INCREMENTS, dtype=torch.float64, device=indices.device)[:, None, None]
+    nats = torch.lgamma(n + size * a[..., 0]) - torch.lgamma(size * a[..., 0]) \
+        - (torch.lgamma(counts + a) - torch.lgamma(a)).sum(-1)  # (len(INCREMENTS), G)
+    return float(nats.min(0).values.sum()) / math.log(2) + groups * math.log2(len(entropy.INCREMENTS))
 
 
-def estimated_bpp(latent: Latent, setting: Setting, grids: list[np.ndarray]) -> float:
-    """Whole-file bpp predicted without coding: the ADAPTIVE model's ideal code length plus header, checksum
-    and 8 bytes of coder termination. The writer picks the smallest model, so the real file is rarely larger."""
-    bits = entropy.ideal_stage_bits(grids, list(setting), entropy.ADAPTIVE)
-    return (bits + 8 * _overhead_bytes(setting)) / (latent.width * latent.height)
+def _grid_bits(grids: list[np.ndarray], setting: Setting) -> float:
+    """adaptive_bits summed over one (G, h, w) index grid per stage."""
+    return sum(adaptive_bits(torch.from_numpy(grid.reshape(grid.shape[0], -1).astype(np.int64)), size)
+               for grid, size in zip(grids, setting))
 
 
 def _overhead_bytes(setting: Setting) -> int:
-    """Bytes of a file beyond its ideal code length: header, stage extension, checksum, 8 of coder termination."""
+    """Bytes of a file beyond its payload's code length: header, stage extension, checksum, 8 of coder
+    termination."""
     return HEADER_SIZE + 1 + 2 * (len(setting) - 1) + CRC_SIZE + 8
 
 
-def fit_rate_aware(model: RAQVAE, latent: Latent, setting: Setting, bpp: float,
-                   prefix_strength: float = 0.0, cache: CandidateCache | None = None) -> Encoded | None:
-    """The setting coded at (about) the smallest strength m whose whole file is <= bpp; None if none is.
+def _payload_bits(encoded: Encoded) -> float:
+    """Bits of a whole file less _overhead_bytes: what adaptive_bits predicts."""
+    return 8.0 * (len(encoded.data) - _overhead_bytes(encoded.setting))
 
-    Bisections on log m run on a fast size proxy (RateAwareQuantizer.order0_bpp) times the ratio real
-    file / proxy of the last real file; a real file is written after each, CALIBRATIONS times, and the
-    largest one that fits is returned. If none does, bisection continues on real files above the prediction.
+
+def _bisect(quantizer: RateAwareQuantizer, bpp: float, scale: float) -> float | None:
+    """About the smallest strength m whose predicted file is <= bpp (SEARCH_STEPS bisections on log m);
+    None if even STRENGTH_MAX is predicted over."""
+    if quantizer.predicted_bpp(STRENGTH_MAX, scale) > bpp:
+        return None
+    lo, hi = STRENGTH_MIN, STRENGTH_MAX  # invariant: hi fits (predicted)
+    for _ in range(SEARCH_STEPS):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (lo, mid) if quantizer.predicted_bpp(mid, scale) <= bpp else (mid, hi)
+    return hi
+
+
+def fit_rate_aware(quantizer: RateAwareQuantizer, bpp: float, scale: float) -> Encoded | None:
+    """The quantiser's setting coded at (about) the smallest strength m whose whole file is <= bpp; None if
+    none is.
+
+    Bisections run on predicted sizes (predicted_bpp at `scale`); a real file is written after each and
+    recalibrates the scale, at most CALIBRATIONS times (fewer once a file fits within CLOSE_ENOUGH of the
+    target), and the largest file that fits is kept. If none does, bisection goes on over real files between
+    the last prediction and STRENGTH_MAX.
     """
-    quantizer = RateAwareQuantizer(model, latent, setting, prefix_strength, cache)
+    fitting, strength = None, None
+    for _ in range(CALIBRATIONS):
+        strength = _bisect(quantizer, bpp, scale)
+        if strength is None:
+            break
+        trial = quantizer.encode(strength)
+        scale = quantizer.payload_scale(trial, strength)
+        if trial.bpp <= bpp and (fitting is None or trial.bpp > fitting.bpp):
+            fitting = trial
+        if fitting is not None and fitting.bpp >= CLOSE_ENOUGH * bpp:
+            break
+    if fitting is not None:
+        return fitting
     floor = quantizer.encode(STRENGTH_MAX)
     if floor.bpp > bpp:
         return None
-    fitting, last, last_strength = floor, floor, STRENGTH_MAX
-    lo, hi = STRENGTH_MIN, STRENGTH_MAX
-    for _ in range(CALIBRATIONS):
-        scale = last.bpp / quantizer.order0_bpp(last_strength)
-        lo, hi, pick = STRENGTH_MIN, STRENGTH_MAX, None  # invariant: hi fits (predicted)
-        for _ in range(SEARCH_STEPS):
-            mid = (lo * hi) ** 0.5
-            if scale * quantizer.order0_bpp(mid) <= bpp:
-                hi, pick = mid, mid
-            else:
-                lo = mid
-        if pick is None:
-            break
-        last, last_strength = quantizer.encode(pick), pick
-        if last.bpp <= bpp and (last.bpp > fitting.bpp or fitting is floor):
-            fitting = last
-    if fitting is not floor:
-        return fitting
-    lo, hi = hi, STRENGTH_MAX  # every prediction was optimistic: bisect on real files above it
+    lo, hi, fitting = strength or STRENGTH_MIN, STRENGTH_MAX, floor
     for _ in range(REAL_SEARCH_STEPS):
         mid = (lo * hi) ** 0.5
         trial = quantizer.encode(mid)
-        if trial.bpp <= bpp:
-            hi, fitting = mid, trial
-        else:
-            lo = mid
+        lo, hi, fitting = (lo, mid, trial) if trial.bpp <= bpp else (mid, hi, fitting)
     return fitting
 
 
@@ -197,39 +237,33 @@ def search_ladder(model: RAQVAE) -> list[Setting]:
     return cfg.ladder(sizes)
 
 
-def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float) -> tuple[Encoded | None, Encoded, Encoded]:
-    """(highest fitting nearest-codeword encode on the search ladder or None, smallest ladder encode, largest).
+def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float) -> tuple[Setting, Encoded | None]:
+    """(the highest setting of the search ladder predicted to fit with nearest codewords, or the ladder's first
+    when none is; that setting's nearest-codeword file if it really fits, else None).
 
-    A binary search on predicted sizes (estimated_bpp; file size grows along the ladder, nearly monotonically);
-    the three files returned are real.
+    A binary search on predicted sizes (adaptive_bits; file size grows along the ladder, nearly monotonically);
+    only the pick is written.
     """
     ladder = search_ladder(model)
     grids: dict[int, list[np.ndarray]] = {}
     prefixes: PrefixCache = {}
 
-    def encoded(i: int) -> Encoded:
-        return write_file(model, latent, ladder[i], grids[i])
-
     def fits(i: int) -> bool:
         if i not in grids:
             grids[i] = quantize_latent(model, latent, ladder[i], model.codebooks(ladder[i]), prefixes)
-        return estimated_bpp(latent, ladder[i], grids[i]) <= bpp
+        predicted = _grid_bits(grids[i], ladder[i]) + 8 * _overhead_bytes(ladder[i])
+        return predicted <= bpp * latent.width * latent.height
 
     lo, hi = 0, len(ladder) - 1
-    fits(lo)
-    smallest = encoded(lo)
-    if smallest.bpp > bpp:
-        return None, smallest, smallest
-    fits(hi)
-    largest = encoded(hi)
-    if largest.bpp <= bpp:
-        return largest, smallest, largest
     if not fits(lo):
-        return smallest, smallest, largest
+        return ladder[lo], None
+    if fits(hi):
+        lo = hi
     while hi - lo > 1:  # invariant: lo fits, hi does not
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-    return encoded(lo), smallest, largest
+    encoded = write_file(model, latent, ladder[lo], grids[lo])
+    return ladder[lo], encoded if encoded.bpp <= bpp else None
 
 
 def smallest_file(model: RAQVAE, latent: Latent) -> Encoded:
@@ -238,24 +272,30 @@ def smallest_file(model: RAQVAE, latent: Latent) -> Encoded:
 
 
 def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
-    """The encode of lowest latent error among the nearest-codeword ladder pick and the rate-aware candidates
-    whose whole file is <= bpp bits per pixel (module docstring)."""
-    pick, smallest, largest = _nearest_pick(model, latent, bpp)
-    if pick is largest and largest.bpp <= bpp:
-        if largest.bpp < bpp:
+    """The encode of lowest latent error, among the nearest-codeword ladder pick and the rate-aware candidate
+    of lowest PREDICTED error, whose whole file is <= bpp bits per pixel (module docstring)."""
+    base, pick = _nearest_pick(model, latent, bpp)
+    if pick is not None and base == search_ladder(model)[-1]:
+        if pick.bpp < bpp:
             warnings.warn(f"target {bpp:g} bpp is above the model's largest rate for this image; using the "
-                          f"largest setting eK={setting_label(largest.setting)} ({largest.bpp:.4f} bpp)", stacklevel=3)
-        return largest
-    base = pick.setting if pick is not None else smallest.setting
-    options = [enc for enc in [pick] if enc is not None]
+                          f"largest setting eK={setting_label(pick.setting)} ({pick.bpp:.4f} bpp)", stacklevel=3)
+        return pick
     cache: CandidateCache = {}
-    for setting in ([base] if pick is None else []) + candidate_settings(model, base):
-        enc = fit_rate_aware(model, latent, setting, bpp, PREFIX_STRENGTH, cache)
-        if enc is not None:
-            options.append(enc)
+    quantizers = [RateAwareQuantizer(model, latent, setting, PREFIX_STRENGTH, cache)
+                  for setting in ([base] if pick is None else []) + candidate_settings(model, base)]
+    scale = 1.0 if pick is None else _payload_bits(pick) / _grid_bits(pick.indices, pick.setting)
+    strengths = [_bisect(quantizer, bpp, scale) for quantizer in quantizers]
+    ranked = sorted((quantizer.error(m), i) for i, (quantizer, m) in enumerate(zip(quantizers, strengths))
+                    if m is not None)
+    options = [] if pick is None else [pick]
+    for i in [i for _, i in ranked] or [0]:  # the best predicted candidate that really fits
+        fitted = fit_rate_aware(quantizers[i], bpp, scale)
+        if fitted is not None:
+            options.append(fitted)
+            break
     if not options:
         floor = smallest_file(model, latent)
         raise CodecError(f"target {bpp:g} bpp is below the smallest achievable rate for this image, "
-                         f"{floor.bpp:.4f} bpp (eK={setting_label(smallest.setting)})")
+                         f"{floor.bpp:.4f} bpp (eK={setting_label(floor.setting)})")
     in_window = [enc for enc in options if enc.bpp >= RATE_WINDOW * bpp] or options
     return min(in_window, key=lambda enc: latent_error(model, latent, enc.setting, enc.indices))

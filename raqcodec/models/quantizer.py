@@ -73,27 +73,26 @@ def nearest_candidates(vectors: torch.Tensor, codebook: torch.Tensor, count: int
 
 @torch.no_grad()
 def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, codebook_size: int, lam: float,
-                                passes: int) -> torch.Tensor:
+                                passes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy-constrained VQ (Chou, Lookabaugh and Gray 1989) among each vector's nearest candidates.
 
     dist, candidates: (G, N, m) from nearest_candidates. Each vector takes the candidate minimising squared
     distance + lam * bits, where bits(k) = -log2 of codeword k's share of its group's current assignment
     (counts + 1/2, the order-0 cost an adaptive coder converges to). The assignment starts at the nearest
     codewords and is re-estimated `passes` times. lam: squared-distance units per bit (0: nearest).
-    Returns (G, N) int64.
+    Returns (indices (G, N) int64, their squared distances (G, N)).
     """
-    choice = candidates[..., 0]
-    if lam <= 0:
-        return choice
-    g, n, m = candidates.shape
-    flat = candidates.reshape(g, n * m)
-    for _ in range(passes):
-        counts = torch.zeros(g, codebook_size, device=dist.device).scatter_add_(
-            1, choice, torch.ones_like(choice, dtype=torch.float32))
-        bits = torch.log2(counts.sum(1, keepdim=True) + 0.5 * codebook_size) - torch.log2(counts + 0.5)
-        cost = dist + lam * torch.gather(bits, 1, flat).reshape(g, n, m)
-        choice = torch.gather(candidates, 2, cost.argmin(-1, keepdim=True))[..., 0]
-    return choice
+    slot = torch.zeros(candidates.shape[:2] + (1,), dtype=torch.long, device=candidates.device)
+    if lam > 0:
+        g, n, m = candidates.shape
+        flat = candidates.reshape(g, n * m)
+        for _ in range(passes):
+            choice = torch.gather(candidates, 2, slot)[..., 0]
+            counts = torch.zeros(g, codebook_size, device=dist.device).scatter_add_(
+                1, choice, torch.ones_like(choice, dtype=torch.float32))
+            bits = torch.log2(counts.sum(1, keepdim=True) + 0.5 * codebook_size) - torch.log2(counts + 0.5)
+            slot = (dist + lam * torch.gather(bits, 1, flat).reshape(g, n, m)).argmin(-1, keepdim=True)
+    return torch.gather(candidates, 2, slot)[..., 0], torch.gather(dist, 2, slot)[..., 0]
 
 
 def lookup(indices: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
