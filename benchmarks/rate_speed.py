@@ -2,6 +2,10 @@
 targets (model loaded, codebooks cached), on this machine's CPU or GPU.
 
     .venv/bin/python benchmarks/rate_speed.py ../shared/data/kodak --json benchmarks/results/rate_speed.json
+    .venv/bin/python benchmarks/rate_speed.py PHOTO.jpg --json benchmarks/results/rate_speed_photo.json
+
+Inputs are folders (every image in them) or image files. Against an older checkout of the package (same
+script, same model file): PYTHONPATH=/path/to/old/checkout ... --model models/raq-default.pt.
 
 Each image is compressed from its file and decompressed from the bytes, through the public API, once per
 setting after one warm-up call that generates the setting's codebooks. Prints JSON (also written to --json).
@@ -34,14 +38,14 @@ def timed(fn):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder")
+    parser.add_argument("inputs", nargs="+", help="folders or image files")
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--json", default="benchmarks/results/rate_speed.json")
     args = parser.parse_args()
     model = get_model(args.model, args.device)
-    paths = list_images(args.folder)[: args.limit]
+    paths = [p for item in map(Path, args.inputs) for p in (list_images(item) if item.is_dir() else [item])][: args.limit]
     runs = [("codebook_size", s) for s in SETTINGS] + [("bpp", t) for t in TARGETS]
     rows = []
     for key, value in runs:
@@ -64,7 +68,8 @@ def main() -> None:
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_image"}))
     device = str(model.base.embed.device)
     doc = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads",
-           "torch": torch.__version__, "folder": str(args.folder), "rows": rows}
+           "torch": torch.__version__, "package": str(Path(raqcodec.__file__).parent),
+           "inputs": args.inputs, "rows": rows}
     Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
 
 

@@ -159,8 +159,8 @@ def write_file(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np
                entropy_models: tuple[int, ...] = ENTROPY_MODELS) -> Encoded:
     """Entropy-code one (G, h, w) index grid per stage of the setting into a whole .raq file, with the entropy
     model (among entropy_models) of smallest ideal code length."""
-    entropy_model = entropy.choose_stage_entropy_model(indices, list(setting), entropy_models)
-    payload = entropy.encode_stages(indices, list(setting), entropy_model)
+    entropy_model, choices = entropy.plan_stages(indices, list(setting), entropy_models)
+    payload = entropy.encode_stages(indices, list(setting), entropy_model, choices)
     cfg = model.cfg
     header = bitstream.Header(
         model_fingerprint=model_fingerprint(model), width=latent.width, height=latent.height,

@@ -124,6 +124,7 @@ __all__ = [
     "ideal_stage_bits",
     "choose_entropy_model",
     "choose_stage_entropy_model",
+    "plan_stages",
 ]
 
 UNIFORM = 0
@@ -359,8 +360,13 @@ def encode_indices(indices: np.ndarray, alphabet_size: int, entropy_model: int) 
     return encode_stages([indices], [alphabet_size], entropy_model)
 
 
-def encode_stages(grids: list[np.ndarray], alphabet_sizes: list[int], entropy_model: int) -> bytes:
-    """Entropy-code one index grid ``(G, h, w)`` per stage (alphabet ``eK_s``) into one payload."""
+def encode_stages(grids: list[np.ndarray], alphabet_sizes: list[int], entropy_model: int,
+                  choices: list[int] | None = None) -> bytes:
+    """Entropy-code one index grid ``(G, h, w)`` per stage (alphabet ``eK_s``) into one payload.
+
+    ``choices``: the parameter symbol per (stage, group) in coding order, as :func:`plan_stages` gives them;
+    None computes the best ones.
+    """
     if len(grids) != len(alphabet_sizes) or not grids:
         raise CodecError("need one alphabet size per stage grid, and at least one stage")
     model = _check_model(entropy_model)
@@ -368,7 +374,8 @@ def encode_stages(grids: list[np.ndarray], alphabet_sizes: list[int], entropy_mo
     arrays = [_check_indices(grid, k) for grid, k in zip(grids, ks)]
     if len({a.shape for a in arrays}) != 1:
         raise CodecError("every stage grid must have the same shape")
-    return _encode(list(zip(arrays, ks)), model, choices=None)
+    stages = list(zip(arrays, ks))
+    return _encode(stages, model, _plan(stages, model, {})[1] if choices is None else choices)
 
 
 def _uses_context(model: int, alphabet_size: int) -> bool:
@@ -387,17 +394,34 @@ def _context_parameters(choice: int) -> tuple[int, int]:
     return INCREMENTS[choice // len(MIX_WEIGHTS)], MIX_WEIGHTS[choice % len(MIX_WEIGHTS)]
 
 
-def _best_choice(model: int, grid: np.ndarray, previous: np.ndarray | None, alphabet_size: int) -> int:
-    """The group parameter symbol of smallest ideal code length (encoder only)."""
-    if _uses_context(model, alphabet_size):
-        return int(np.argmin(_context_costs(grid, previous, alphabet_size)))
-    return int(np.argmin(_adaptive_costs(grid.reshape(-1), alphabet_size)))
+AdaptiveCostCache = dict[tuple[int, int], np.ndarray]
+"""(stage, group) -> _adaptive_costs of that group: ADAPTIVE and the non-context stages of CONTEXT share them."""
 
 
-def _encode(stages: list[tuple[np.ndarray, int]], model: int, choices: list[int] | None) -> bytes:
+def _plan(stages: list[tuple[np.ndarray, int]], model: int, cache: AdaptiveCostCache) -> tuple[float, list[int]]:
+    """(ideal payload bits, the parameter symbol of smallest cost per (stage, group) in coding order) of
+    validated stage grids (G, h, w) under one entropy model. Encoder only: floats here cannot desynchronise."""
+    if model == UNIFORM:
+        return float(sum(grid.size * math.log2(k) for grid, k in stages)), []
+    bits, choices = 0.0, []
+    for s, (grid, k) in enumerate(stages):
+        for g in range(grid.shape[0]):
+            if _uses_context(model, k):
+                costs = _context_costs(grid[g], grid[g - 1] if g > 0 else None, k).reshape(-1)
+            else:
+                if (s, g) not in cache:
+                    cache[s, g] = _adaptive_costs(grid[g].reshape(-1), k)
+                costs = cache[s, g]
+            choice = int(np.argmin(costs))
+            bits += math.log2(costs.size) + float(costs[choice])
+            choices.append(choice)
+    return bits, choices
+
+
+def _encode(stages: list[tuple[np.ndarray, int]], model: int, choices: list[int]) -> bytes:
     """Range-code each stage's grid (G, h, w) with its alphabet k, stage after stage, group after group.
 
-    `choices`: the parameter symbol per (stage, group) in coding order, None to pick the best.
+    `choices`: the parameter symbol per (stage, group) in coding order (none for UNIFORM).
     """
     encoder = _RangeEncoder()
     position = 0
@@ -408,7 +432,7 @@ def _encode(stages: list[tuple[np.ndarray, int]], model: int, choices: list[int]
         choice_model = _choice_model(model, k)
         for g in range(grid.shape[0]):
             previous = grid[g - 1] if g > 0 else None
-            choice = _best_choice(model, grid[g], previous, k) if choices is None else choices[position]
+            choice = choices[position]
             position += 1
             encoder.encode(np.array([choice], dtype=np.int32), choice_model)
             if _uses_context(model, k):
@@ -501,18 +525,7 @@ def ideal_code_length_bits(indices: np.ndarray, alphabet_size: int, entropy_mode
     most a couple of 32-bit words).
     """
     k = _check_alphabet(alphabet_size)
-    model = _check_model(entropy_model)
-    arr = _check_indices(indices, k)
-    if model == UNIFORM:
-        return float(arr.size * math.log2(k))
-    total = 0.0
-    for g in range(arr.shape[0]):
-        if _uses_context(model, k):
-            costs = _context_costs(arr[g], arr[g - 1] if g > 0 else None, k)
-            total += _CHOICE_BITS + math.log2(len(MIX_WEIGHTS)) + float(costs.min())
-        else:
-            total += _CHOICE_BITS + float(_adaptive_costs(arr[g].reshape(-1), k).min())
-    return total
+    return _plan([(_check_indices(indices, k), k)], _check_model(entropy_model), {})[0]
 
 
 def ideal_stage_bits(grids: list[np.ndarray], alphabet_sizes: list[int], entropy_model: int) -> float:
@@ -520,12 +533,23 @@ def ideal_stage_bits(grids: list[np.ndarray], alphabet_sizes: list[int], entropy
     return sum(ideal_code_length_bits(grid, k, entropy_model) for grid, k in zip(grids, alphabet_sizes))
 
 
+def plan_stages(grids: list[np.ndarray], alphabet_sizes: list[int],
+                models: tuple[int, ...] = (UNIFORM, ADAPTIVE, CONTEXT)) -> tuple[int, list[int]]:
+    """(the entropy model among `models` giving the smallest payload for all stages together, ties to the
+    earlier id; its parameter symbol per (stage, group) for :func:`encode_stages`)."""
+    ks = [_check_alphabet(k) for k in alphabet_sizes]
+    stages = [(_check_indices(grid, k), k) for grid, k in zip(grids, ks)]
+    cache: AdaptiveCostCache = {}
+    plans = [(*_plan(stages, _check_model(model), cache), model) for model in models]
+    bits, choices, model = min(plans, key=lambda plan: plan[0])  # min keeps the first of equal ones
+    return model, choices
+
+
 def choose_stage_entropy_model(grids: list[np.ndarray], alphabet_sizes: list[int],
                                models: tuple[int, ...] = (UNIFORM, ADAPTIVE, CONTEXT)) -> int:
     """Among `models`, the entropy model id giving the smallest payload for all stages together (ties go to
     the earlier id)."""
-    bits = [ideal_stage_bits(grids, alphabet_sizes, model) for model in models]
-    return models[int(np.argmin(bits))]
+    return plan_stages(grids, alphabet_sizes, models)[0]
 
 
 def choose_entropy_model(indices: np.ndarray, alphabet_size: int) -> int:
