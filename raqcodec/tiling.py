@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-TILE = 64  # latent positions per tile side (512 pixels at f=8)
+TILE = 96  # latent positions per tile side (768 pixels at f=8: a 768x512 photo in one piece)
 HALO = 8  # latent positions of context around each tile
 
 
