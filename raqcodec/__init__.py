@@ -4,15 +4,20 @@
     data = raqcodec.compress("photo.png", bpp=0.3)        # or codebook_size=512
     image = raqcodec.decompress(data)                      # PIL.Image.Image
     header = raqcodec.read_header(data)                    # eK, size, model fingerprint, ...
+    data = raqcodec.compress("photo.png", psnr=32)        # the smallest file decoding to >= 32 dB
 
 Importing the package is cheap: torch and the model load on the first compress, decompress or load_model.
+It registers the Pillow plugin: Image.open("photo.raq") and img.save("photo.raq", bpp=0.3) (pillow_plugin.py).
 """
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
+from raqcodec import pillow_plugin
 from raqcodec.errors import CodecError
+
+pillow_plugin.register()
 
 __all__ = ["CodecError", "compress", "decompress", "load_model", "read_header"]
 __version__ = "0.1.0"

@@ -23,6 +23,7 @@ class Job:
     output: str
     bpp: float | None
     codebook_size: str | None  # a setting label: "512" or "4096+64"
+    psnr: float | None  # a quality target in dB
     force: bool
 
 
@@ -46,7 +47,7 @@ def run_job(job: Job, model) -> JobResult:
 
     start = time.perf_counter()
     try:
-        enc = encode(job.source, bpp=job.bpp, codebook_size=job.codebook_size, model=model)
+        enc = encode(job.source, bpp=job.bpp, codebook_size=job.codebook_size, psnr=job.psnr, model=model)
         write_bytes_atomic(enc.data, job.output, force=job.force)
     except CodecError as exc:
         return JobResult(job.source, error=str(exc))

@@ -69,31 +69,40 @@ def _pairs(src: Path, dst: Path, suffix: str) -> list[tuple[Path, Path]]:
     return [(src, dst)]
 
 
+STDIO = Path("-")
+"""SOURCE or OUTPUT "-": standard input or output (one image, binary)."""
+
+
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
 @click.option("--bpp", type=float, default=None, help="Target bits per pixel of the whole file.")
 @click.option("--codebook-size", default=None,
               help="Fixed setting: an eK (stage 1 alone), or one eK per stage joined by '+', e.g. 4096+64.")
+@click.option("--psnr", type=float, default=None,
+              help="Quality target in dB: the smallest file whose decoded PSNR reaches it.")
 @model_option
 @device_option
 @force_option
 @click.option("--workers", default=1, show_default=True, help="Worker processes for a folder.")
-def compress(source: Path, output: Path, bpp: float | None, codebook_size: str | None, model_path: str | None,
-             device: str, force: bool, workers: int) -> None:
-    """Compress an image (or a folder of images) to .raq."""
+def compress(source: Path, output: Path, bpp: float | None, codebook_size: str | None, psnr: float | None,
+             model_path: str | None, device: str, force: bool, workers: int) -> None:
+    """Compress an image (or a folder of images) to .raq. SOURCE and OUTPUT may be - (stdin / stdout)."""
     from tqdm import tqdm
 
     from raqcodec.batch import Job, compress_many
     from raqcodec.codec import as_setting, get_model
 
-    if (bpp is None) == (codebook_size is None):
-        raise CodecError("give exactly one of --bpp or --codebook-size")
+    if sum(arg is not None for arg in (bpp, codebook_size, psnr)) != 1:
+        raise CodecError("give exactly one of --bpp, --codebook-size or --psnr")
     if codebook_size is not None:
         as_setting(codebook_size)  # a clear error before any model is loaded
     model = get_model(model_path, device)
+    if STDIO in (source, output):
+        _compress_stream(source, output, model, force, bpp=bpp, codebook_size=codebook_size, psnr=psnr)
+        return
     pairs = _pairs(source, output, ".raq")
-    jobs = [Job(str(src), str(dst), bpp, codebook_size, force) for src, dst in pairs]
+    jobs = [Job(str(src), str(dst), bpp, codebook_size, psnr, force) for src, dst in pairs]
     failures = 0
     results = compress_many(jobs, model, model_path, device, workers if len(jobs) > 1 else 1)
     for res in tqdm(results, total=len(jobs), desc="compress", disable=len(jobs) == 1, file=sys.stderr):
@@ -109,6 +118,31 @@ def compress(source: Path, output: Path, bpp: float | None, codebook_size: str |
         raise CodecError(f"{failures} of {len(jobs)} images failed")
 
 
+def _compress_stream(source: Path, output: Path, model, force: bool, **target) -> None:
+    """One image from a file or stdin to a file or stdout; the status line goes to stderr."""
+    from raqcodec.codec import encode, setting_label
+    from raqcodec.image_io import open_image_bytes
+
+    start = time.perf_counter()
+    image = open_image_bytes(sys.stdin.buffer.read()) if source == STDIO else source
+    enc = encode(image, model=model, **target)
+    _write_output(enc.data, output, force)
+    name = "<stdin>" if source == STDIO else source.name
+    click.echo(f"{name}: eK={setting_label(enc.setting)} bytes={len(enc.data)} bpp={enc.bpp:.4f} "
+               f"time={time.perf_counter() - start:.2f}s", err=True)
+
+
+def _write_output(data: bytes, output: Path, force: bool) -> None:
+    """data to stdout (output "-") or atomically to a file."""
+    from raqcodec.image_io import write_bytes_atomic
+
+    if output == STDIO:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    else:
+        write_bytes_atomic(data, output, force=force)
+
+
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("output", type=click.Path(path_type=Path))
@@ -116,14 +150,25 @@ def compress(source: Path, output: Path, bpp: float | None, codebook_size: str |
 @device_option
 @force_option
 def decompress(source: Path, output: Path, model_path: str | None, device: str, force: bool) -> None:
-    """Decompress a .raq file (or a folder of them) to an image (PNG unless the extension says otherwise)."""
+    """Decompress a .raq file (or a folder of them) to an image (PNG unless the extension says otherwise).
+    SOURCE and OUTPUT may be - (stdin / stdout; PNG on stdout)."""
     from tqdm import tqdm
 
     from raqcodec.codec import decompress as decode
     from raqcodec.codec import get_model
-    from raqcodec.image_io import save_image_atomic
+    from raqcodec.image_io import png_bytes, save_image_atomic
 
     model = get_model(model_path, device)
+    if STDIO in (source, output):
+        start = time.perf_counter()
+        image = decode(sys.stdin.buffer.read() if source == STDIO else _read(source), model=model)
+        if output == STDIO:
+            _write_output(png_bytes(image), output, force)
+        else:
+            save_image_atomic(image, output, force=force)
+        name = "<stdin>" if source == STDIO else source.name
+        click.echo(f"{name}: {image.width}x{image.height} time={time.perf_counter() - start:.2f}s", err=True)
+        return
     pairs = _pairs(source, output, ".png")
     for src, dst in tqdm(pairs, desc="decompress", disable=len(pairs) == 1, file=sys.stderr):
         start = time.perf_counter()
@@ -222,15 +267,38 @@ def evaluate_cmd(folder, model_path, codebook_sizes, method, limit, json_out, de
         Path(json_out).write_text(json.dumps(doc, indent=2) + "\n")
 
 
+@main.command()
+@click.argument("image", type=click.Path(path_type=Path))
+@click.option("--bpp", type=float, required=True, help="raqcodec's bpp target; the others match its file size.")
+@click.option("--out", "out_png", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Picture to write (PNG).")
+@click.option("--codecs", default="jpeg,webp,avif,jxl,heic", show_default=True,
+              help="Other codecs, comma-separated (jxl and heic need the 'baselines' extra; skipped without it).")
+@model_option
+@device_option
+@force_option
+def compare(image: Path, bpp: float, out_png: Path, codecs: str, model_path: str | None, device: str,
+            force: bool) -> None:
+    """One picture of IMAGE coded by raqcodec and each codec at the same file size, with a zoomed detail."""
+    from raqcodec.compare import run_compare
+    from raqcodec.rd import split_list
+
+    for panel in run_compare(image, bpp, out_png, split_list(codecs, "--codecs"), model=model_path,
+                             device=device, force=force)[1:]:
+        click.echo(f"{panel.name}: bpp={panel.bpp:.4f} psnr={panel.psnr_db:.2f} dB")
+    click.echo(f"wrote {out_png}")
+
+
 @main.command("rd")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--out", "out_png", type=click.Path(dir_okay=False), default=None, help="Plot to write (PNG).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Curves and BD table (JSON).")
 @click.option("--model", "model_paths", multiple=True, type=click.Path(dir_okay=False),
               help="Model file for the raq curve; repeat for one curve per model (default: the shipped model).")
-@click.option("--codecs", default="raq,jpeg,webp,avif", show_default=True,
+@click.option("--codecs", default="raq,jpeg,webp,avif,jxl,heic", show_default=True,
               help="Codecs to measure, comma-separated: raq (rate control at each --targets bpp), raq-nearest "
-                   "(the format-1 coder over the rate ladder), jpeg, webp, avif.")
+                   "(the format-1 coder over the rate ladder), jpeg, webp, avif, jxl, heic (jxl and heic need the "
+                   "'baselines' extra; skipped with a warning without it).")
 @click.option("--anchors", "anchor_paths", multiple=True, type=click.Path(dir_okay=False),
               help="Published curve (CompressAI JSON); repeat for several.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N images by name.")

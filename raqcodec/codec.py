@@ -113,7 +113,11 @@ class Encoded:
 @torch.no_grad()
 def analyse(model: RAQVAE, image) -> Latent:
     """Load an image (path, PIL image or array) and compute its latent once."""
-    pixels, color_mode = load_image(image)
+    return analyse_pixels(model, *load_image(image))
+
+
+def analyse_pixels(model: RAQVAE, pixels: np.ndarray, color_mode: int) -> Latent:
+    """The latent of loaded pixels (H, W, 3) uint8 (load_image's output)."""
     height, width = pixels.shape[:2]
     x = pad_to_multiple(to_tensor(pixels), model.cfg.downsample).to(model.base.embed.device)
     return Latent(analysis_tiled(model, x), width, height, color_mode)
@@ -171,30 +175,38 @@ def write_file(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np
 
 
 def encode(image, *, bpp: float | None = None, codebook_size: int | Setting | str | None = None,
-           model: RAQVAE | str | os.PathLike | None = None, device: str = "auto") -> Encoded:
+           psnr: float | None = None, model: RAQVAE | str | os.PathLike | None = None,
+           device: str = "auto") -> Encoded:
     """compress() with the details: the Encoded record (bytes, header, indices)."""
-    if (bpp is None) == (codebook_size is None):
-        raise CodecError("give exactly one of bpp or codebook_size")
+    if sum(arg is not None for arg in (bpp, codebook_size, psnr)) != 1:
+        raise CodecError("give exactly one of bpp, codebook_size or psnr")
     if bpp is not None and not (math.isfinite(bpp) and bpp > 0):
         raise CodecError(f"bpp must be a positive number, got {bpp}")
     net = get_model(model, device)
-    latent = analyse(net, image)
+    pixels, color_mode = load_image(image)
+    latent = analyse_pixels(net, pixels, color_mode)
     if codebook_size is not None:
         return encode_latent(net, latent, as_setting(codebook_size))
+    if psnr is not None:
+        from raqcodec.quality import choose_for_psnr  # imports this module
+
+        return choose_for_psnr(net, latent, pixels, float(psnr))
     from raqcodec.ratecontrol import choose_setting  # imports this module
 
     return choose_setting(net, latent, float(bpp))
 
 
 def compress(image, *, bpp: float | None = None, codebook_size: int | Setting | str | None = None,
-             model: RAQVAE | str | os.PathLike | None = None, device: str = "auto") -> bytes:
+             psnr: float | None = None, model: RAQVAE | str | os.PathLike | None = None,
+             device: str = "auto") -> bytes:
     """Encode an image (path, PIL image, or HxWx3 uint8 array) to .raq bytes.
 
-    bpp: target whole-file bits per pixel (the highest setting of the rate ladder that fits is chosen);
-    codebook_size: a fixed setting: an eK (stage 1 alone), one eK per stage such as (4096, 64), or "4096+64".
-    Give exactly one. model: a RAQVAE, a model-file path, or None for the shipped model.
+    Give exactly one of: bpp, a target of whole-file bits per pixel (the best quality that fits, by rate
+    control); codebook_size, a fixed setting: an eK (stage 1 alone), one eK per stage such as (4096, 64), or
+    "4096+64"; psnr, a quality target in dB (the smallest file whose decoded PSNR reaches it; the encoder
+    decodes its candidates). model: a RAQVAE, a model-file path, or None for the shipped model.
     """
-    return encode(image, bpp=bpp, codebook_size=codebook_size, model=model, device=device).data
+    return encode(image, bpp=bpp, codebook_size=codebook_size, psnr=psnr, model=model, device=device).data
 
 
 def read_header(data: bytes) -> bitstream.Header:

@@ -7,6 +7,7 @@ message; files are written atomically (temp file in the same folder, then ``os.r
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import warnings
@@ -66,16 +67,29 @@ def _open_lazily(path: Path) -> Image.Image:
         raise CodecError(f"{path}: is a directory, not an image file")
     if path.stat().st_size == 0:
         raise CodecError(f"{path}: empty file")
+    return _open_checked(path, str(path))
+
+
+def open_image_bytes(data: bytes, name: str = "<stdin>") -> Image.Image:
+    """A lazily opened PIL image from the bytes of an image file (e.g. read from a pipe), checked as
+    load_image checks files; ``name`` labels error messages."""
+    if not data:
+        raise CodecError(f"{name}: empty input")
+    return _open_checked(io.BytesIO(data), name)
+
+
+def _open_checked(source: Path | BinaryIO, name: str) -> Image.Image:
+    """Image.open with its failures turned into one-line CodecErrors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(path)
+            return Image.open(source)
     except UnidentifiedImageError:
-        raise CodecError(f"{path}: not an image file Pillow can read") from None
+        raise CodecError(f"{name}: not an image file Pillow can read") from None
     except Image.DecompressionBombError:
-        raise CodecError(f"{path}: image has more than {MAX_PIXELS} pixels") from None
+        raise CodecError(f"{name}: image has more than {MAX_PIXELS} pixels") from None
     except OSError as e:
-        raise CodecError(f"{path}: cannot read ({_reason(e)})") from None
+        raise CodecError(f"{name}: cannot read ({_reason(e)})") from None
 
 
 def _from_pil(im: Image.Image, name: str) -> tuple[np.ndarray, int]:
@@ -168,6 +182,13 @@ def save_image_atomic(img: Image.Image, path: str | os.PathLike, *, force: bool)
     if image_format is None or image_format not in Image.SAVE:
         raise CodecError(f"{path}: unknown image file extension {path.suffix!r} (try .png)")
     _write_atomic(path, lambda f: img.save(f, format=image_format), force=force)
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """The image as a PNG file in memory (for a pipe)."""
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike, *, force: bool) -> None:

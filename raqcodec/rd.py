@@ -1,4 +1,5 @@
-"""`raq rd`: rate-distortion curves of raqcodec and of JPEG, WebP and AVIF (via Pillow) over an image folder.
+"""`raq rd`: rate-distortion curves of raqcodec and of JPEG, WebP, AVIF, JPEG XL and HEIC (via Pillow and its
+plugins) over an image folder.
 
 A curve is a dict in CompressAI's results format, its points sorted by rate:
 
@@ -11,6 +12,7 @@ CompressAI JSON files, where either quality key may be missing.
 """
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import math
@@ -44,12 +46,19 @@ Curve = dict[str, Any]
 RAQ_SIZES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096)
 """Default eK sweep of a raqcodec curve along each stage of the rate ladder, clipped to each model's range."""
 
+JXL_QUALITIES = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 85)
+HEIC_QUALITIES = (1, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
 PILLOW_CODECS = {
     "jpeg": ("JPEG", (3, 5, 10, 15, 20, 30, 40, 50, 60, 75, 85)),
     "webp": ("WEBP", (0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90)),
     "avif": ("AVIF", (10, 15, 20, 25, 30, 40, 50, 60, 70, 80)),
+    "jxl": ("JXL", JXL_QUALITIES),
+    "heic": ("HEIF", HEIC_QUALITIES),
 }
 """Codec name -> (Pillow format, quality sweep spanning about 0.1 to 2 bits per pixel on Kodak)."""
+
+PLUGIN_CODECS = {"jxl": "pillow_jxl", "heic": "pillow_heif"}
+"""Codecs that need a Pillow plugin (the optional 'baselines' extra) -> its module; skipped when missing."""
 
 RAQ_TARGETS = (0.06, 0.08, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.1, 1.3, 1.5)
 """Default --bpp targets of a raqcodec curve (each image coded by rate control at every target)."""
@@ -366,14 +375,29 @@ def parse_targets(text: str) -> list[float]:
     return values
 
 
-def _parse_codecs(codecs: Sequence[str]) -> list[str]:
-    """Codec names checked against CODECS (and AVIF support of this Pillow)."""
+def plugin_codec_ready(codec: str) -> bool:
+    """Whether a PLUGIN_CODECS codec can be written here: its plugin imports (and is registered)."""
+    try:
+        module = importlib.import_module(PLUGIN_CODECS[codec])
+    except ImportError:
+        return False
+    if hasattr(module, "register_heif_opener"):
+        module.register_heif_opener()
+    return PILLOW_CODECS[codec][0] in Image.SAVE
+
+
+def parse_codecs(codecs: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(codec names checked against CODECS and AVIF support of this Pillow, {skipped plugin codec: why})."""
     unknown = [codec for codec in codecs if codec not in CODECS]
     if unknown:
         raise CodecError(f"unknown codec {unknown[0]!r}; choose from {', '.join(CODECS)}")
     if "avif" in codecs and not features.check("avif"):
         raise CodecError("this Pillow cannot write AVIF; leave avif out of the codecs")
-    return list(dict.fromkeys(codecs))
+    skipped = {codec: f"{PLUGIN_CODECS[codec]} is not installed (pip install 'raqcodec[baselines]')"
+               for codec in codecs if codec in PLUGIN_CODECS and not plugin_codec_ready(codec)}
+    for codec, why in skipped.items():
+        warnings.warn(f"{codec} skipped: {why}", stacklevel=2)
+    return [codec for codec in dict.fromkeys(codecs) if codec not in skipped], skipped
 
 
 def _raq_names(models: Sequence[str | None]) -> list[str]:
@@ -412,7 +436,7 @@ def run_rd(folder: str | Path, *, models: Sequence[str | None] = (None,), codecs
     at every setting of the ladder sweep of `sizes` with the format-1 coder. Writes the rd.json document to
     out_json and the plot to out_png when given. Inputs are checked before anything is measured.
     """
-    codecs = _parse_codecs(codecs)
+    codecs, skipped = parse_codecs(codecs)
     models = list(models or [None])
     names = _raq_names(models) if {"raq", "raq-nearest"} & set(codecs) else []
     raq_names = names if "raq" in codecs else []
@@ -441,7 +465,8 @@ def run_rd(folder: str | Path, *, models: Sequence[str | None] = (None,), codecs
         measured[codec] = measure_pillow(images, fmt, qualities, name=codec, progress=progress)
     curves = {**measured, **anchor_curves}
     title = f"{Path(folder).resolve().name}: {len(images)} image{'s' if len(images) != 1 else ''}"
-    doc = {"dataset": str(folder), "images": len(images), "codecs": curves, "bd": bd_table(curves, reference)}
+    doc = {"dataset": str(folder), "images": len(images), "codecs": curves, "bd": bd_table(curves, reference),
+           "skipped": skipped}
     if out_json is not None:
         Path(out_json).write_text(json.dumps(doc, indent=2) + "\n")
     if out_png is not None:

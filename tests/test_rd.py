@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +127,25 @@ def test_models_with_the_same_file_name_are_refused(folder):
     res = run("rd", folder, "--codecs", "raq,jpeg", "--model", TINY_MODEL, "--model", TINY_MODEL)
     assert res.exit_code == 1
     assert "different file names" in res.output
+
+
+def test_plugin_codecs_are_measured_when_installed_and_skipped_with_a_note_otherwise(folder, tmp_path, monkeypatch):
+    from raqcodec import rd
+
+    ready = {codec: rd.plugin_codec_ready(codec) for codec in rd.PLUGIN_CODECS}
+    monkeypatch.setitem(rd.PILLOW_CODECS, "jxl", ("JXL", (30, 70)))
+    monkeypatch.setitem(rd.PILLOW_CODECS, "heic", ("HEIF", (30, 70)))
+    out_json = tmp_path / "rd.json"
+    res = run("rd", folder, "--json", out_json, "--codecs", "jpeg,jxl,heic", "--limit", 1)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out_json.read_text())
+    for codec, installed in ready.items():
+        assert (codec in doc["codecs"]) == installed and (codec in doc["skipped"]) != installed
+    monkeypatch.setattr(rd, "plugin_codec_ready", lambda codec: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # the same note may have been shown above
+        res = run("rd", folder, "--json", out_json, "--codecs", "jpeg,jxl,heic", "--limit", 1)
+    assert res.exit_code == 0, res.output
+    assert "warning: jxl skipped" in res.output and "warning: heic skipped" in res.output
+    doc = json.loads(out_json.read_text())
+    assert set(doc["codecs"]) == {"jpeg"} and set(doc["skipped"]) == {"jxl", "heic"}
