@@ -23,9 +23,19 @@ def _boxes(height: int, width: int) -> Iterator[tuple[int, int, int, int]]:
 def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor, latent_hw: tuple[int, int],
            in_scale: int, out_scale: int, out_channels: int) -> torch.Tensor:
     """Apply fn tile by tile, on a channels-last copy of inp. in_scale / out_scale: input and output pixels per
-    latent position. Returns a contiguous tensor."""
+    latent position. Returns a contiguous tensor.
+
+    On CUDA, cuDNN runs with deterministic algorithms, no autotuning and no TF32, so that one GPU decodes a
+    file to the same pixels on every call (autotuned or TF32 kernels may differ from call to call).
+    """
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False):
+        return _tiles(fn, inp.contiguous(memory_format=torch.channels_last), latent_hw, in_scale, out_scale,
+                      out_channels)
+
+
+def _tiles(fn: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor, latent_hw: tuple[int, int],
+           in_scale: int, out_scale: int, out_channels: int) -> torch.Tensor:
     h, w = latent_hw
-    inp = inp.contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU (and GPU)
     if h <= TILE and w <= TILE:
         return fn(inp).contiguous()
     out = torch.empty(inp.shape[0], out_channels, h * out_scale, w * out_scale, device=inp.device)
