@@ -1,0 +1,65 @@
+"""Decoded pixels across torch thread counts: how reproducible decoding is on one machine.
+
+    .venv/bin/python benchmarks/decode_conformance.py ../shared/data/kodak --json benchmarks/results/decode_conformance.json
+
+Every image is encoded once per setting; each file is decoded with every thread count of --threads (in this
+process, torch.set_num_threads) and the decoded indices and pixels are compared with the first thread
+count's: files whose indices differ (must be none: index decoding is exact), files whose pixels differ, the
+number of differing pixel values and the largest difference (levels of 255). Prints JSON (also --json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import raqcodec
+from raqcodec import bitstream, entropy
+from raqcodec.codec import encode, get_model
+from raqcodec.data import list_images
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder")
+    parser.add_argument("--settings", default="16,256,4096+256")
+    parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--json", default="benchmarks/results/decode_conformance.json")
+    args = parser.parse_args()
+    model = get_model(args.model, "auto")
+    threads = [int(t) for t in args.threads.split(",")]
+    settings = args.settings.split(",")
+    files = [encode(path, codebook_size=setting, model=model).data
+             for path in list_images(args.folder) for setting in settings]
+    decoded: dict[int, list[tuple[list[np.ndarray], np.ndarray]]] = {}
+    for count in threads:
+        torch.set_num_threads(count)
+        decoded[count] = []
+        for data in files:
+            header, payload = bitstream.unpack(data)
+            indices = entropy.decode_stages(payload, header.latent_shape, list(header.codebook_sizes),
+                                            header.entropy_model)
+            decoded[count].append((indices, np.asarray(raqcodec.decompress(data, model=model), dtype=np.int16)))
+    reference = decoded[threads[0]]
+    rows = {}
+    for count in threads[1:]:
+        index_files = sum(any(not np.array_equal(a, b) for a, b in zip(ref[0], got[0]))
+                          for ref, got in zip(reference, decoded[count]))
+        diffs = [np.abs(ref[1] - got[1]) for ref, got in zip(reference, decoded[count])]
+        rows[f"{threads[0]}_vs_{count}"] = {
+            "files": len(files), "files_with_different_indices": index_files,
+            "files_with_different_pixels": sum(int(d.any()) for d in diffs),
+            "different_values": int(sum(int((d > 0).sum()) for d in diffs)),
+            "values": int(sum(d.size for d in diffs)), "max_difference": int(max(int(d.max()) for d in diffs))}
+    doc = {"folder": str(args.folder), "settings": settings, "torch": torch.__version__,
+           "device": str(model.base.embed.device), "comparisons": rows}
+    print(json.dumps(doc, indent=1))
+    Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
