@@ -8,6 +8,9 @@ stages draws one eK per stage, independently, by the same rule.
 
 Learning rate: constant, or with `lr_end` a cosine decay from `lr` to `lr_end` over this run's budget (the
 larger of the fractions of `steps` and of `minutes` used so far).
+
+Several processes: `torchrun --nproc_per_node N -m raqcodec.cli train ...` trains data-parallel with
+DistributedDataParallel (`raqcodec.distributed`: gloo on CPU, NCCL on GPUs; --batch is per process).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from raqcodec import distributed
 from raqcodec.codec import setting_label
 from raqcodec.data import CropSampler, center_crops, load_source
 from raqcodec.modelfile import read_model_file, save_model
@@ -140,10 +144,12 @@ def _build_model(opts: TrainOptions) -> tuple[RAQVAE, int]:
 
 
 def train(opts: TrainOptions) -> RAQVAE:
-    """Train (or resume) and write the model file to opts.out; returns the trained model."""
+    """Train (or resume) and write the model file to opts.out; returns the trained model. Under torchrun, one
+    rank of a data-parallel run (module docstring); rank 0 writes the files."""
+    rank, world, device_name = distributed.setup(opts.device)
     torch.manual_seed(opts.seed)
-    py_rng = random.Random(opts.seed)
-    device = torch.device(opts.device)
+    py_rng = random.Random(opts.seed)  # the same on every rank: the same eK per step
+    device = torch.device(device_name)
     images = [img for src in opts.sources for img in load_source(src, opts.split)]
     if opts.holdout:  # a seeded random subset (sources may be sorted by class)
         order = np.random.default_rng(opts.seed).permutation(len(images))
@@ -152,7 +158,7 @@ def train(opts: TrainOptions) -> RAQVAE:
         val_crops = center_crops(held, min(min(im.shape[:2]) for im in held))
     else:
         val_crops = center_crops(load_source(opts.val_source), 256)[:32] if opts.val_source else None
-    sampler = CropSampler(images, opts.crop, opts.seed)
+    sampler = CropSampler(images, opts.crop, opts.seed + rank)  # each rank its own crops
 
     model, new_stage = _build_model(opts)
     model = model.to(device)
@@ -171,7 +177,9 @@ def train(opts: TrainOptions) -> RAQVAE:
             group["lr"] = opts.lr
         step, elapsed, history = ckpt["step"], ckpt["elapsed"], ckpt["history"]
         lr_schedule = ckpt.get("lr_schedule", [[0, ckpt["optimizer"]["param_groups"][0]["lr"]]])
-        sampler.set_state(ckpt["sampler"])
+        samplers = ckpt.get("samplers", [ckpt["sampler"]])  # one per rank of the run that wrote it
+        if rank < len(samplers):
+            sampler.set_state(samplers[rank])
         py_rng.setstate(ckpt["py_rng"])
         torch.set_rng_state(ckpt["torch_rng"])
 
@@ -182,10 +190,13 @@ def train(opts: TrainOptions) -> RAQVAE:
         return {"data": [str(s) for s in opts.sources], "val": opts.val_source, "steps": step,
                 "train_seconds": round(elapsed, 1), "batch": opts.batch, "crop": opts.crop, "lr": opts.lr,
                 "lr_schedule": lr_schedule, "lr_end": opts.lr_end, "device": str(device),
-                "seed": opts.seed, "codebook_size_sampling": f"{opts.size_sampling} integer", "git_commit": git_commit(),
+                "seed": opts.seed, "processes": world, "codebook_size_sampling": f"{opts.size_sampling} integer", "git_commit": git_commit(),
                 "validation": history, "codebook_range": [cfg.min_codebook_size, cfg.max_codebook_size]}
 
     def checkpoint() -> None:
+        samplers = distributed.gather_objects(sampler.state())  # every rank takes part
+        if rank != 0:
+            return
         improved = True
         if val_crops is not None:
             psnrs = validate(model, val_crops, validation_settings(cfg))
@@ -193,7 +204,7 @@ def train(opts: TrainOptions) -> RAQVAE:
             improved = not history or mean > max(np.mean(list(h["psnr"].values())) for h in history)
             history.append({"step": step, "psnr": {k: round(v, 3) for k, v in psnrs.items()}})
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                    "elapsed": elapsed, "history": history, "lr_schedule": lr_schedule, "sampler": sampler.state(),
+                    "elapsed": elapsed, "history": history, "lr_schedule": lr_schedule, "sampler": samplers[0], "samplers": samplers,
                     "py_rng": py_rng.getstate(), "torch_rng": torch.get_rng_state()}, ckpt_path.with_suffix(".tmp"))
         ckpt_path.with_suffix(".tmp").replace(ckpt_path)
         if improved or not opts.keep_best:
@@ -208,15 +219,16 @@ def train(opts: TrainOptions) -> RAQVAE:
     def draw_size() -> int:
         return sample_codebook_size(py_rng, cfg.min_codebook_size, cfg.max_codebook_size, opts.size_sampling)
 
-    bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=5)
-    while step < opts.steps and elapsed - base_elapsed < opts.minutes * 60:
+    step_model = distributed.wrap(model, device_name)
+    bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=5, disable=rank != 0)
+    while not distributed.any_rank(step >= opts.steps or elapsed - base_elapsed >= opts.minutes * 60)[0]:
         progress = max((step - first_step) / max(opts.steps - first_step, 1), (elapsed - base_elapsed) / (opts.minutes * 60))
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(opts.lr, opts.lr_end, progress)
         size = draw_size() if cfg.adaptive else None
         residual_sizes = tuple(draw_size() for _ in range(cfg.stages - 1)) if cfg.adaptive else ()
         x = sampler.sample(opts.batch).to(device)
-        out = model(x, size, residual_sizes)
+        out = step_model(x, size, residual_sizes)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -227,9 +239,10 @@ def train(opts: TrainOptions) -> RAQVAE:
         shown = out["mse_adapted"] if cfg.adaptive else out["mse_base"]
         bar.set_postfix(loss=f"{out['loss'].item():.4f}", psnr=f"{psnr_from_mse(shown.item()):.2f}", eK=size,
                         psnr_residual=f"{psnr_from_mse(out['mse_residual'].item()):.2f}" if residual_sizes else "-")
-        if time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60:
+        if distributed.any_rank(time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60)[0]:
             checkpoint()
             last_ckpt = time.monotonic()
     bar.close()
     checkpoint()
+    distributed.teardown()
     return model.eval()

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raqcodec import distributed
+
 # Elements of the (G, rows, n) distance matrix computed at once: 16 MB of float32, which keeps each chunk
 # in cache for the argmin / topk that follows (measured 2x faster than 64 MB chunks on the 2-core CPU).
 _DISTANCE_CHUNK_ELEMENTS = 1 << 22
@@ -150,6 +152,7 @@ class EMACodebook(nn.Module):
         g, k, dg = self.embed.shape
         onehot_counts = torch.zeros(g, k, device=vectors.device).scatter_add_(1, indices, torch.ones_like(indices, dtype=vectors.dtype))
         sums = torch.zeros(g, k, dg, device=vectors.device).scatter_add_(1, indices.unsqueeze(-1).expand(-1, -1, dg), vectors)
+        distributed.sum_over_ranks(onehot_counts, sums)  # data-parallel training: the statistics of every rank
         self.cluster_size.mul_(self.decay).add_(onehot_counts, alpha=1 - self.decay)
         self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.cluster_size.sum(1, keepdim=True)
