@@ -68,7 +68,7 @@ def _run_in_worker(job: Job) -> JobResult:
     return run_job(job, _worker_model)
 
 
-def _remove_temp_files(jobs: list[Job]) -> None:
+def remove_temp_files(jobs: list[Job]) -> None:
     """Delete temporary files (".NAME.*.tmp") that killed workers may have left next to the outputs."""
     for job in jobs:
         out = Path(job.output)
@@ -89,6 +89,6 @@ def compress_many(jobs: list[Job], model, model_path: str | None, device: str, w
     except BaseException:
         pool.terminate()
         pool.join()
-        _remove_temp_files(jobs)
+        remove_temp_files(jobs)
         raise
     pool.join()

@@ -85,11 +85,12 @@ STDIO = Path("-")
 @device_option
 @force_option
 @click.option("--workers", default=1, show_default=True, help="Worker processes for a folder.")
+@click.option("--dask", "dask_address", default=None,
+              help="Compress a folder on a Dask cluster: a scheduler address, or local:N for N local workers. "
+                   "Existing outputs are skipped (a restarted job resumes) unless --force.")
 def compress(source: Path, output: Path, bpp: float | None, codebook_size: str | None, psnr: float | None,
-             model_path: str | None, device: str, force: bool, workers: int) -> None:
+             model_path: str | None, device: str, force: bool, workers: int, dask_address: str | None) -> None:
     """Compress an image (or a folder of images) to .raq. SOURCE and OUTPUT may be - (stdin / stdout)."""
-    from tqdm import tqdm
-
     from raqcodec.batch import Job, compress_many
     from raqcodec.codec import as_setting, get_model
 
@@ -103,19 +104,36 @@ def compress(source: Path, output: Path, bpp: float | None, codebook_size: str |
         return
     pairs = _pairs(source, output, ".raq")
     jobs = [Job(str(src), str(dst), bpp, codebook_size, psnr, force) for src, dst in pairs]
+    if dask_address is None:
+        _report(compress_many(jobs, model, model_path, device, workers if len(jobs) > 1 else 1), len(jobs))
+        return
+    from raqcodec.cluster import compress_on_cluster, connect, pending
+
+    jobs, skipped = pending(jobs)
+    click.echo(f"{len(jobs)} to compress, {skipped} already done", err=True)
+    client = connect(dask_address)
+    try:
+        _report(compress_on_cluster(client, jobs, model_path, device), len(jobs))
+    finally:
+        client.close()
+
+
+def _report(results, count: int) -> None:
+    """One line per compressed image (a progress bar for several); CodecError when any failed."""
+    from tqdm import tqdm
+
     failures = 0
-    results = compress_many(jobs, model, model_path, device, workers if len(jobs) > 1 else 1)
-    for res in tqdm(results, total=len(jobs), desc="compress", disable=len(jobs) == 1, file=sys.stderr):
+    for res in tqdm(results, total=count, desc="compress", disable=count <= 1, file=sys.stderr):
         name = Path(res.source).name
         if res.error is not None:
-            if len(jobs) == 1:
+            if count == 1:
                 raise CodecError(res.error)
             failures += 1
             click.echo(f"error: {name}: {res.error}", err=True)
             continue
         click.echo(f"{name}: eK={res.setting} bytes={res.nbytes} bpp={res.bpp:.4f} time={res.seconds:.2f}s")
     if failures:
-        raise CodecError(f"{failures} of {len(jobs)} images failed")
+        raise CodecError(f"{failures} of {count} images failed")
 
 
 def _compress_stream(source: Path, output: Path, model, force: bool, **target) -> None:
