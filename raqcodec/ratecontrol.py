@@ -49,7 +49,7 @@ CANDIDATES = 64  # nearest codewords among which entropy-constrained VQ chooses
 PASSES = 4  # re-estimations of the code lengths in entropy-constrained VQ
 STRENGTH_MIN, STRENGTH_MAX = 1e-4, 300.0  # range of m searched (the file shrinks little beyond STRENGTH_MAX)
 SEARCH_STEPS = 8  # bisection steps on log m, on predicted sizes
-REAL_SEARCH_STEPS = 4  # further steps on real files when the predicted picks overshoot
+REAL_SEARCH_STEPS = 4  # further steps on real files when the predicted picks miss the rate window
 CALIBRATIONS = 2  # predicted bisections, each followed by a real file that recalibrates the prediction
 CLOSE_ENOUGH = 0.98  # a fitting file of at least this fraction of the target ends the calibrations
 PREFIX_STRENGTH = 3.0  # strength m of the stages before the last (only the last stage's m is searched)
@@ -190,30 +190,34 @@ def fit_rate_aware(quantizer: RateAwareQuantizer, bpp: float, scale: float) -> E
 
     Bisections run on predicted sizes (predicted_bpp at `scale`); a real file is written after each and
     recalibrates the scale, at most CALIBRATIONS times (fewer once a file fits within CLOSE_ENOUGH of the
-    target), and the largest file that fits is kept. If none does, bisection goes on over real files between
-    the last prediction and STRENGTH_MAX.
+    target), and the largest file that fits is kept. When no file fits (every prediction was optimistic), the
+    file at STRENGTH_MAX must; when the kept file is under RATE_WINDOW x the target, bisection goes on over
+    real files, REAL_SEARCH_STEPS times, between its m and the largest m seen to overshoot.
     """
-    fitting, strength = None, None
+    fitting, fit_strength, over_strength = None, STRENGTH_MAX, STRENGTH_MIN
     for _ in range(CALIBRATIONS):
         strength = _bisect(quantizer, bpp, scale)
         if strength is None:
             break
         trial = quantizer.encode(strength)
         scale = quantizer.payload_scale(trial, strength)
-        if trial.bpp <= bpp and (fitting is None or trial.bpp > fitting.bpp):
-            fitting = trial
+        if trial.bpp > bpp:
+            over_strength = max(over_strength, strength)
+        elif fitting is None or trial.bpp > fitting.bpp:
+            fitting, fit_strength = trial, strength
         if fitting is not None and fitting.bpp >= CLOSE_ENOUGH * bpp:
-            break
-    if fitting is not None:
-        return fitting
-    floor = quantizer.encode(STRENGTH_MAX)
-    if floor.bpp > bpp:
-        return None
-    lo, hi, fitting = strength or STRENGTH_MIN, STRENGTH_MAX, floor
-    for _ in range(REAL_SEARCH_STEPS):
-        mid = (lo * hi) ** 0.5
-        trial = quantizer.encode(mid)
-        lo, hi, fitting = (lo, mid, trial) if trial.bpp <= bpp else (mid, hi, fitting)
+            return fitting
+    if fitting is None:
+        fitting = quantizer.encode(STRENGTH_MAX)
+        if fitting.bpp > bpp:
+            return None
+    for _ in range(REAL_SEARCH_STEPS if fitting.bpp < RATE_WINDOW * bpp else 0):
+        strength = (over_strength * fit_strength) ** 0.5
+        trial = quantizer.encode(strength)
+        if trial.bpp > bpp:
+            over_strength = strength
+        else:
+            fitting, fit_strength = trial, strength
     return fitting
 
 
