@@ -18,7 +18,9 @@ the files that may be kept are written (3 on a typical image):
    eK (at most the largest eK), and, near the top of a stage, the next stage at eK 256 and 4096. For each,
    a bisection on log m finds the smallest m whose PREDICTED file fits, and its latent error there. Only
    the candidate of lowest predicted error is written, at the m found by `fit_rate_aware` on real files
-   (option 2; the next candidate if it cannot fit). Measured on BSDS500 validation photos, large codebooks
+   (option 2; the next candidates too while the files fall under RATE_WINDOW x the target). A multi-stage L
+   whose nearest file does not fit, or the top of the ladder, is also tried with its earlier stages at
+   nearest codewords (strength 0): rate-aware earlier stages alone can drop the file under the window. Measured on BSDS500 validation photos, large codebooks
    coded with a strong m beat nearest coding with a small codebook at equal rate, and writing only the
    predicted best candidate costs +0.08 % latent error against writing them all.
 3. Of the options, the one with the lowest latent error wins (quality judged in the latent: the encoder does
@@ -285,18 +287,22 @@ def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
                           f"largest setting eK={setting_label(pick.setting)} ({pick.bpp:.4f} bpp)", stacklevel=3)
         return pick
     cache: CandidateCache = {}
-    quantizers = [RateAwareQuantizer(model, latent, setting, PREFIX_STRENGTH, cache)
-                  for setting in ([base] if pick is None else []) + candidate_settings(model, base)]
+    settings = ([base] if pick is None else []) + candidate_settings(model, base)
+    specs = [(setting, PREFIX_STRENGTH) for setting in settings]
+    if len(base) > 1 and (pick is None or base == search_ladder(model)[-1]):
+        specs.append((base, 0.0))  # also with the earlier stages at nearest codewords: the rates just below base's
+    quantizers = [RateAwareQuantizer(model, latent, setting, strength, cache) for setting, strength in specs]
     scale = 1.0 if pick is None else _payload_bits(pick) / _grid_bits(pick.indices, pick.setting)
     strengths = [_bisect(quantizer, bpp, scale) for quantizer in quantizers]
     ranked = sorted((quantizer.error(m), i) for i, (quantizer, m) in enumerate(zip(quantizers, strengths))
                     if m is not None)
     options = [] if pick is None else [pick]
-    for i in [i for _, i in ranked] or [0]:  # the best predicted candidate that really fits
+    for i in [i for _, i in ranked] or [0]:  # best predicted first, until a file fits in the rate window
         fitted = fit_rate_aware(quantizers[i], bpp, scale)
         if fitted is not None:
             options.append(fitted)
-            break
+            if fitted.bpp >= RATE_WINDOW * bpp:
+                break
     if not options:
         floor = smallest_file(model, latent)
         raise CodecError(f"target {bpp:g} bpp is below the smallest achievable rate for this image, "
