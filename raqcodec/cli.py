@@ -5,6 +5,7 @@ Exit codes: 0 ok; 1 bad input or failure, with a one-line message on stderr (a t
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -252,7 +253,8 @@ def train(sources, out, config, val_source, steps, minutes, batch, crop, lr, lr_
                      minutes=minutes, batch=batch, crop=crop, lr=lr, lr_end=lr_end, seed=seed,
                      checkpoint_minutes=checkpoint_minutes,
                      resume=resume, init=init, device=str(resolve_device(device)), split=split))
-    click.echo(f"wrote {out}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
+        click.echo(f"wrote {out}")
 
 
 @main.command("eval")
