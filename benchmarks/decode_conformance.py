@@ -6,6 +6,12 @@ Every image is encoded once per setting; each file is decoded with every thread 
 process, torch.set_num_threads) and the decoded indices and pixels are compared with the first thread
 count's: files whose indices differ (must be none: index decoding is exact), files whose pixels differ, the
 number of differing pixel values and the largest difference (levels of 255). Prints JSON (also --json).
+
+Across environments (another torch version or machine): --save DIR keeps this run's files and pixels; a run
+elsewhere with --against DIR compares its own files with those bytes and decodes them, comparing the pixels:
+
+    .venv/bin/python benchmarks/decode_conformance.py ../shared/data/kodak --save /tmp/conformance
+    OTHER/bin/python benchmarks/decode_conformance.py ../shared/data/kodak --against /tmp/conformance --json ...
 """
 from __future__ import annotations
 
@@ -29,6 +35,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--model", default=None)
     parser.add_argument("--json", default="benchmarks/results/decode_conformance.json")
+    parser.add_argument("--save", default=None, help="folder for this run's files and decoded pixels")
+    parser.add_argument("--against", default=None, help="a --save folder of another environment")
     args = parser.parse_args()
     model = get_model(args.model, "auto")
     threads = [int(t) for t in args.threads.split(",")]
@@ -57,8 +65,33 @@ def main() -> None:
             "values": int(sum(d.size for d in diffs)), "max_difference": int(max(int(d.max()) for d in diffs))}
     doc = {"folder": str(args.folder), "settings": settings, "torch": torch.__version__,
            "device": str(model.base.embed.device), "comparisons": rows}
+    if args.save:
+        save_run(Path(args.save), files, [pixels for _, pixels in reference])
+    if args.against:
+        doc["against"] = compare_with_saved(Path(args.against), files, model)
     print(json.dumps(doc, indent=1))
     Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+def save_run(folder: Path, files: list[bytes], pixels: list[np.ndarray]) -> None:
+    """Write file i as i.raq and its decoded pixels as i.npy, with this environment's torch version."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (data, image) in enumerate(zip(files, pixels)):
+        (folder / f"{i:04d}.raq").write_bytes(data)
+        np.save(folder / f"{i:04d}.npy", image)
+    (folder / "torch.txt").write_text(torch.__version__ + "\n")
+
+
+def compare_with_saved(folder: Path, files: list[bytes], model) -> dict:
+    """This run's files against a save_run folder's bytes; its files decoded here against its pixels."""
+    theirs = [(folder / f"{i:04d}.raq").read_bytes() for i in range(len(files))]
+    diffs = [np.abs(np.asarray(raqcodec.decompress(data, model=model), dtype=np.int16)
+                    - np.load(folder / f"{i:04d}.npy")) for i, data in enumerate(theirs)]
+    return {"saved_torch": (folder / "torch.txt").read_text().strip(), "files": len(files),
+            "files_with_different_bytes": sum(a != b for a, b in zip(files, theirs)),
+            "files_with_different_pixels": sum(int(d.any()) for d in diffs),
+            "different_values": int(sum(int((d > 0).sum()) for d in diffs)),
+            "max_difference": int(max(int(d.max()) for d in diffs))}
 
 
 if __name__ == "__main__":
