@@ -50,6 +50,39 @@ def test_rate_control_fits_the_target_at_least_as_well_as_the_nearest_pick(tiny_
             latent_error(tiny_model, latent, nearest.setting, nearest.indices)
 
 
+def test_sampled_ladder_search_ends_where_the_whole_latent_search_would(tiny_model, monkeypatch):
+    from raqcodec import ratecontrol
+    from raqcodec.codec import quantize_latent
+
+    monkeypatch.setattr(ratecontrol, "SAMPLE_MIN_POSITIONS", 16)  # sample this small latent too
+    pixels = synthetic_image(128, 160, seed=7)
+    latent = analyse(tiny_model, pixels)
+    assert ratecontrol._sample(latent)[1] == 4.0
+    ladder = ratecontrol.search_ladder(tiny_model)
+
+    def fits(setting, bpp):
+        grids = quantize_latent(tiny_model, latent, setting, tiny_model.codebooks(setting))
+        bits = ratecontrol._grid_bits(grids, setting) + 8 * ratecontrol._overhead_bytes(setting)
+        return bits <= bpp * latent.width * latent.height
+
+    smallest = encode_latent(tiny_model, latent, 16).bpp
+    largest = encode_latent(tiny_model, latent, tiny_model.cfg.max_codebook_size).bpp
+    for target in np.linspace(smallest, largest, 3):
+        pick = ratecontrol._nearest_pick(tiny_model, latent, float(target))[0]
+        i = ladder.index(pick)
+        assert fits(pick, target) and (i + 1 == len(ladder) or not fits(ladder[i + 1], target))
+    assert ratecontrol._nearest_pick(tiny_model, latent, 1e-3) == (ladder[0], None)  # nothing fits
+
+
+def test_weighted_adaptive_bits_equal_those_of_the_repeated_indices():
+    import torch
+
+    from raqcodec.ratecontrol import adaptive_bits
+
+    idx = torch.randint(0, 37, (3, 50), generator=torch.Generator().manual_seed(0))
+    assert adaptive_bits(idx, 37, weight=4.0) == pytest.approx(adaptive_bits(idx.repeat(1, 4), 37), rel=1e-12)
+
+
 def test_rate_target_below_smallest_names_the_smallest(tiny_model):
     with pytest.raises(raqcodec.CodecError, match="smallest achievable"):
         raqcodec.compress(synthetic_image(64, 64), bpp=1e-4, model=tiny_model)
