@@ -48,7 +48,10 @@ from raqcodec.models import RAQVAE
 from raqcodec.models.quantizer import (entropy_constrained_indices, lookup, merge_groups, nearest_candidates,
                                        split_groups)
 
-CANDIDATES = 16  # nearest codewords among which entropy-constrained VQ chooses (64: 1.5x slower, +0.05 dB)
+# Nearest codewords among which entropy-constrained VQ chooses, in the files written. Measured on 8 Kodak images
+# x 5 targets: 16 gives 0.03 dB less mean PSNR for 11 % less time, 64 0.02 dB more for 45 % more time.
+CANDIDATES = 32
+PREVIEW_CANDIDATES = 16  # the same on the latent's sample, which only ranks the candidate settings
 PASSES = 4  # re-estimations of the code lengths in entropy-constrained VQ
 STRENGTH_MIN, STRENGTH_MAX = 1e-4, 300.0  # range of m searched (the file shrinks little beyond STRENGTH_MAX)
 SEARCH_STEPS = 8  # bisection steps on log m, on predicted sizes
@@ -83,7 +86,7 @@ class RateAwareQuantizer:
     """
 
     def __init__(self, model: RAQVAE, latent: Latent, setting: Setting, prefix_strength: float = 0.0,
-                 cache: CandidateCache | None = None, weight: float = 1.0) -> None:
+                 cache: CandidateCache | None = None, weight: float = 1.0, candidates: int | None = None) -> None:
         check_setting(model, setting)
         self.model, self.latent, self.setting, self.weight = model, latent, setting, weight
         self.tables = model.codebooks(setting)
@@ -93,7 +96,8 @@ class RateAwareQuantizer:
         for stage, table in enumerate(self.tables):
             key = (setting[:stage + 1], prefix_strength if stage else None)
             if key not in cache:
-                cache[key] = nearest_candidates(split_groups(residual, model.cfg.groups), table, CANDIDATES)
+                cache[key] = nearest_candidates(split_groups(residual, model.cfg.groups), table,
+                                                candidates or CANDIDATES)
             if stage == len(self.tables) - 1:
                 self.last = cache[key]
                 break
@@ -322,7 +326,7 @@ def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
     if len(base) > 1 and (pick is None or base == search_ladder(model)[-1]):
         specs.append((base, 0.0))  # also with the earlier stages at nearest codewords: the rates just below base's
     (sample, weight), sample_cache = _sample(latent), {}
-    previews = [RateAwareQuantizer(model, sample, setting, strength, sample_cache, weight)
+    previews = [RateAwareQuantizer(model, sample, setting, strength, sample_cache, weight, PREVIEW_CANDIDATES)
                 for setting, strength in specs]
     scale = 1.0 if pick is None else _payload_bits(pick) / _grid_bits(pick.indices, pick.setting)
     strengths = [_bisect(preview, bpp, scale) for preview in previews]
