@@ -132,3 +132,27 @@ def test_codebook_size_sampling_rules():
     assert 470 <= statistics.median(uniform) <= 570  # arithmetic middle is 520
     with pytest.raises(ValueError):
         sample_codebook_size(rng, 16, 1024, "gaussian")
+
+
+def test_gdn_and_residual_block_match_compressai():
+    layers = pytest.importorskip("compressai.layers")
+    from raqcodec.models.gdn import GDN, ResidualBlock
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 7)
+    for inverse in (False, True):
+        ours, theirs = GDN(8, inverse=inverse), layers.GDN(8, inverse=inverse)
+        with torch.no_grad():
+            theirs.beta.uniform_(-0.1, 1.0)  # some entries below the bound: the custom gradient matters
+            theirs.gamma.uniform_(-0.1, 0.5)
+        ours.load_state_dict(theirs.state_dict())
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out_ours, out_theirs = ours(a), theirs(b)
+        assert torch.equal(out_ours, out_theirs)
+        (out_ours ** 2).sum().backward()
+        (out_theirs ** 2).sum().backward()
+        assert torch.equal(a.grad, b.grad)
+        assert torch.equal(ours.beta.grad, theirs.beta.grad) and torch.equal(ours.gamma.grad, theirs.gamma.grad)
+    ours, theirs = ResidualBlock(8, 8), layers.ResidualBlock(8, 8)
+    ours.load_state_dict(theirs.state_dict())
+    assert torch.equal(ours(x), theirs(x))

@@ -7,16 +7,11 @@ normalised its training and test splits differently; here there is one conventio
 """
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import nn
 
-with warnings.catch_warnings():  # compressai 1.2.8 calls the deprecated torch.jit.script at import time
-    warnings.simplefilter("ignore", FutureWarning)
-    from compressai.layers import GDN, ResidualBlock
-
 from raqcodec.models.config import ModelConfig
+from raqcodec.models.gdn import GDN, ResidualBlock
 
 
 class PaperResBlock(nn.Module):
@@ -34,7 +29,7 @@ class PaperResBlock(nn.Module):
 
 
 class FastGDN(GDN):
-    """CompressAI's GDN / IGDN (same parameters, same state_dict), with a leaner inference path.
+    """GDN / IGDN (CompressAI's parameters and state_dict), with a leaner inference path.
 
     y_c = x_c * (beta_c + sum_j gamma_cj x_j^2)^(-1/2), or ^(+1/2) for the inverse. Without autograd the
     1x1 convolution runs as one matrix product over the channels of a channels-last view, and the square
