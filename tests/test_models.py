@@ -153,6 +153,6 @@ def test_gdn_and_residual_block_match_compressai():
         (out_theirs ** 2).sum().backward()
         assert torch.equal(a.grad, b.grad)
         assert torch.equal(ours.beta.grad, theirs.beta.grad) and torch.equal(ours.gamma.grad, theirs.gamma.grad)
-    ours, theirs = ResidualBlock(8, 8), layers.ResidualBlock(8, 8)
+    ours, theirs = ResidualBlock(8), layers.ResidualBlock(8, 8)
     ours.load_state_dict(theirs.state_dict())
     assert torch.equal(ours(x), theirs(x))

@@ -76,16 +76,13 @@ class GDN(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    """conv3x3 -> LeakyReLU -> conv3x3 -> LeakyReLU, plus the input (channels kept)."""
+    """conv3x3 -> LeakyReLU -> conv3x3 -> LeakyReLU, plus the input; CompressAI's ResidualBlock(c, c)."""
 
-    def __init__(self, in_ch: int, out_ch: int) -> None:
+    def __init__(self, channels: int) -> None:
         super().__init__()
-        if in_ch != out_ch:
-            raise ValueError("ResidualBlock keeps the channel count")
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
         self.leaky_relu = nn.LeakyReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        self.skip = None
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.leaky_relu(self.conv2(self.leaky_relu(self.conv1(x)))) + x

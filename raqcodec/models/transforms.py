@@ -82,14 +82,14 @@ def _gdn_analysis(cfg: ModelConfig) -> nn.Sequential:
         layers.append(_conv(3 if i == 0 else c, c))
         if i < steps - 1:
             layers.append(FastGDN(c))
-    layers += [ResidualBlock(c, c), nn.Conv2d(c, cfg.latent_dim, 1)]
+    layers += [ResidualBlock(c), nn.Conv2d(c, cfg.latent_dim, 1)]
     return nn.Sequential(*layers)
 
 
 def _gdn_synthesis(cfg: ModelConfig) -> nn.Sequential:
     """Mirror of the GDN analysis: 1x1 from d, a residual block, stride-2 5x5 transposed convs with IGDN."""
     c, steps = cfg.channels, cfg.downsample.bit_length() - 1
-    layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, c, 1), ResidualBlock(c, c)]
+    layers: list[nn.Module] = [nn.Conv2d(cfg.latent_dim, c, 1), ResidualBlock(c)]
     for i in range(steps):
         last = i == steps - 1
         layers.append(_deconv(c, 3 if last else c))
