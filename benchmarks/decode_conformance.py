@@ -58,11 +58,8 @@ def main() -> None:
         index_files = sum(any(not np.array_equal(a, b) for a, b in zip(ref[0], got[0]))
                           for ref, got in zip(reference, decoded[count]))
         diffs = [np.abs(ref[1] - got[1]) for ref, got in zip(reference, decoded[count])]
-        rows[f"{threads[0]}_vs_{count}"] = {
-            "files": len(files), "files_with_different_indices": index_files,
-            "files_with_different_pixels": sum(int(d.any()) for d in diffs),
-            "different_values": int(sum(int((d > 0).sum()) for d in diffs)),
-            "values": int(sum(d.size for d in diffs)), "max_difference": int(max(int(d.max()) for d in diffs))}
+        rows[f"{threads[0]}_vs_{count}"] = {"files": len(files), "files_with_different_indices": index_files,
+                                            **pixel_differences(diffs)}
     doc = {"folder": str(args.folder), "settings": settings, "torch": torch.__version__,
            "device": str(model.base.embed.device), "comparisons": rows}
     if args.save:
@@ -88,10 +85,14 @@ def compare_with_saved(folder: Path, files: list[bytes], model) -> dict:
     diffs = [np.abs(np.asarray(raqcodec.decompress(data, model=model), dtype=np.int16)
                     - np.load(folder / f"{i:04d}.npy")) for i, data in enumerate(theirs)]
     return {"saved_torch": (folder / "torch.txt").read_text().strip(), "files": len(files),
-            "files_with_different_bytes": sum(a != b for a, b in zip(files, theirs)),
-            "files_with_different_pixels": sum(int(d.any()) for d in diffs),
+            "files_with_different_bytes": sum(a != b for a, b in zip(files, theirs)), **pixel_differences(diffs)}
+
+
+def pixel_differences(diffs: list[np.ndarray]) -> dict:
+    """Summary of per-file absolute pixel differences (levels of 255)."""
+    return {"files_with_different_pixels": sum(int(d.any()) for d in diffs),
             "different_values": int(sum(int((d > 0).sum()) for d in diffs)),
-            "max_difference": int(max(int(d.max()) for d in diffs))}
+            "values": int(sum(d.size for d in diffs)), "max_difference": int(max(int(d.max()) for d in diffs))}
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ Exit codes: 0 ok; 1 bad input or failure, with a one-line message on stderr (a t
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import warnings
@@ -244,6 +243,7 @@ def train(sources, out, config, val_source, steps, minutes, batch, crop, lr, lr_
     """Train a RAQ-VAE on image folders or the CIFAR-10 zip (SOURCES), writing a model file."""
     import torch
 
+    from raqcodec.distributed import is_rank_zero
     from raqcodec.modelfile import resolve_device
     from raqcodec.train import TrainOptions, train as run
 
@@ -253,7 +253,7 @@ def train(sources, out, config, val_source, steps, minutes, batch, crop, lr, lr_
                      minutes=minutes, batch=batch, crop=crop, lr=lr, lr_end=lr_end, seed=seed,
                      checkpoint_minutes=checkpoint_minutes,
                      resume=resume, init=init, device=str(resolve_device(device)), split=split))
-    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 writes
+    if is_rank_zero():  # under torchrun only rank 0 writes
         click.echo(f"wrote {out}")
 
 

@@ -25,6 +25,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def is_rank_zero() -> bool:
+    """Whether this process writes the files: the only one, or rank 0 of a torchrun launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: str) -> tuple[int, int, str]:
     """Join the process group when launched by torchrun: (rank, world size, this rank's device).
 
@@ -53,13 +58,13 @@ def sum_over_ranks(*tensors: torch.Tensor) -> None:
             dist.all_reduce(tensor)
 
 
-def any_rank(*flags: bool) -> list[bool]:
-    """Each flag OR-ed over the ranks (every rank must call this at the same point)."""
+def any_rank(flag: bool) -> bool:
+    """The flag OR-ed over the ranks (every rank must call this at the same point)."""
     if not active():
-        return list(flags)
-    values = torch.tensor([float(f) for f in flags])
-    dist.all_reduce(values, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in values.tolist()]
+        return flag
+    value = torch.tensor([float(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def gather_objects(obj) -> list:

@@ -289,10 +289,11 @@ def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float) -> tuple[Setting, E
             grids[i] = quantize_latent(model, latent, ladder[i], model.codebooks(ladder[i]), prefixes)
         return _grid_bits(grids[i], ladder[i]) + 8 * _overhead_bytes(ladder[i]) <= budget
 
+    search = fits if sample is latent else sample_fits  # a small latent is its own sample: quantise it once
     lo, hi = -1, len(ladder)  # invariant: lo fits (or is before the ladder), hi does not (or is past its end)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if sample_fits(mid) else (lo, mid)
+        lo, hi = (mid, hi) if search(mid) else (lo, mid)
     pick = max(lo, 0)
     if fits(pick):
         while pick + 1 < len(ladder) and fits(pick + 1):

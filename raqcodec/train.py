@@ -221,7 +221,7 @@ def train(opts: TrainOptions) -> RAQVAE:
 
     step_model = distributed.wrap(model, device_name)
     bar = tqdm(total=opts.steps, initial=step, desc="train", dynamic_ncols=True, mininterval=5, disable=rank != 0)
-    while not distributed.any_rank(step >= opts.steps or elapsed - base_elapsed >= opts.minutes * 60)[0]:
+    while not distributed.any_rank(step >= opts.steps or elapsed - base_elapsed >= opts.minutes * 60):
         progress = max((step - first_step) / max(opts.steps - first_step, 1), (elapsed - base_elapsed) / (opts.minutes * 60))
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(opts.lr, opts.lr_end, progress)
@@ -239,7 +239,7 @@ def train(opts: TrainOptions) -> RAQVAE:
         shown = out["mse_adapted"] if cfg.adaptive else out["mse_base"]
         bar.set_postfix(loss=f"{out['loss'].item():.4f}", psnr=f"{psnr_from_mse(shown.item()):.2f}", eK=size,
                         psnr_residual=f"{psnr_from_mse(out['mse_residual'].item()):.2f}" if residual_sizes else "-")
-        if distributed.any_rank(time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60)[0]:
+        if distributed.any_rank(time.monotonic() - last_ckpt > opts.checkpoint_minutes * 60):
             checkpoint()
             last_ckpt = time.monotonic()
     bar.close()
