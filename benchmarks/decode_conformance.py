@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/decode_conformance.py ../shared/data/kodak --json benchmarks/results/decode_conformance.json
 
 Every image is encoded once per setting; each file is decoded with every thread count of --threads (in this
-process, torch.set_num_threads) and the decoded indices and pixels are compared with the first thread
-count's: files whose indices differ (must be none: index decoding is exact), files whose pixels differ, the
+process, torch.set_num_threads; timed, s/MP) and the decoded indices and pixels are compared with the first
+thread count's: files whose indices differ (must be none: index decoding is exact), files whose pixels differ, the
 number of differing pixel values and the largest difference (levels of 255). Prints JSON (also --json).
 
 Across environments (another torch version or machine): --save DIR keeps this run's files and pixels; a run
@@ -12,19 +12,24 @@ elsewhere with --against DIR compares its own files with those bytes and decodes
 
     .venv/bin/python benchmarks/decode_conformance.py ../shared/data/kodak --save /tmp/conformance
     OTHER/bin/python benchmarks/decode_conformance.py ../shared/data/kodak --against /tmp/conformance --json ...
+
+--precision float64 decodes as `raq decompress --exact` does (codec.exact_decoder): does it give the same pixels
+everywhere, and at what cost?
 """
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 import raqcodec
 from raqcodec import bitstream, entropy
-from raqcodec.codec import encode, get_model
+from raqcodec.codec import encode, exact_decoder, get_model
 from raqcodec.data import list_images
 
 
@@ -37,21 +42,30 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/decode_conformance.json")
     parser.add_argument("--save", default=None, help="folder for this run's files and decoded pixels")
     parser.add_argument("--against", default=None, help="a --save folder of another environment")
+    parser.add_argument("--precision", choices=["float32", "float64"], default="float32",
+                        help="decoder arithmetic (float64: decompress(exact=True), raq decompress --exact)")
     args = parser.parse_args()
     model = get_model(args.model, "auto")
+    decoder = model if args.precision == "float32" else exact_decoder(model)
     threads = [int(t) for t in args.threads.split(",")]
     settings = args.settings.split(",")
     files = [encode(path, codebook_size=setting, model=model).data
              for path in list_images(args.folder) for setting in settings]
+    megapixels = sum(bitstream.unpack(data)[0].width * bitstream.unpack(data)[0].height for data in files) / 1e6
     decoded: dict[int, list[tuple[list[np.ndarray], np.ndarray]]] = {}
+    seconds_per_megapixel = {}
     for count in threads:
         torch.set_num_threads(count)
-        decoded[count] = []
+        decoded[count], seconds = [], 0.0
         for data in files:
             header, payload = bitstream.unpack(data)
             indices = entropy.decode_stages(payload, header.latent_shape, list(header.codebook_sizes),
                                             header.entropy_model)
-            decoded[count].append((indices, np.asarray(raqcodec.decompress(data, model=model), dtype=np.int16)))
+            start = time.perf_counter()
+            image = raqcodec.decompress(data, model=decoder)
+            seconds += time.perf_counter() - start
+            decoded[count].append((indices, np.asarray(image, dtype=np.int16)))
+        seconds_per_megapixel[str(count)] = round(seconds / megapixels, 3)
     reference = decoded[threads[0]]
     rows = {}
     for count in threads[1:]:
@@ -61,21 +75,22 @@ def main() -> None:
         rows[f"{threads[0]}_vs_{count}"] = {"files": len(files), "files_with_different_indices": index_files,
                                             **pixel_differences(diffs)}
     doc = {"folder": str(args.folder), "settings": settings, "torch": torch.__version__,
-           "device": str(model.base.embed.device), "comparisons": rows}
+           "device": str(model.base.embed.device), "precision": args.precision,
+           "decode_seconds_per_megapixel_by_threads": seconds_per_megapixel, "comparisons": rows}
     if args.save:
         save_run(Path(args.save), files, [pixels for _, pixels in reference])
     if args.against:
-        doc["against"] = compare_with_saved(Path(args.against), files, model)
+        doc["against"] = compare_with_saved(Path(args.against), files, decoder)
     print(json.dumps(doc, indent=1))
     Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
 
 
 def save_run(folder: Path, files: list[bytes], pixels: list[np.ndarray]) -> None:
-    """Write file i as i.raq and its decoded pixels as i.npy, with this environment's torch version."""
+    """Write file i as i.raq and its decoded pixels as i.png (lossless), with this environment's torch version."""
     folder.mkdir(parents=True, exist_ok=True)
     for i, (data, image) in enumerate(zip(files, pixels)):
         (folder / f"{i:04d}.raq").write_bytes(data)
-        np.save(folder / f"{i:04d}.npy", image)
+        Image.fromarray(image.astype(np.uint8)).save(folder / f"{i:04d}.png")
     (folder / "torch.txt").write_text(torch.__version__ + "\n")
 
 
@@ -83,7 +98,7 @@ def compare_with_saved(folder: Path, files: list[bytes], model) -> dict:
     """This run's files against a save_run folder's bytes; its files decoded here against its pixels."""
     theirs = [(folder / f"{i:04d}.raq").read_bytes() for i in range(len(files))]
     diffs = [np.abs(np.asarray(raqcodec.decompress(data, model=model), dtype=np.int16)
-                    - np.load(folder / f"{i:04d}.npy")) for i, data in enumerate(theirs)]
+                    - np.asarray(Image.open(folder / f"{i:04d}.png"), dtype=np.int16)) for i, data in enumerate(theirs)]
     return {"saved_torch": (folder / "torch.txt").read_text().strip(), "files": len(files),
             "files_with_different_bytes": sum(a != b for a, b in zip(files, theirs)), **pixel_differences(diffs)}
 

@@ -11,6 +11,7 @@ then only re-quantises and re-codes it per trial setting.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 from dataclasses import dataclass
@@ -28,11 +29,15 @@ from raqcodec.tiling import analysis_tiled, synthesis_tiled
 
 
 def get_model(model: RAQVAE | str | os.PathLike | None, device: str = "auto") -> RAQVAE:
-    """A model instance: given, or loaded (and kept in memory) from a path, or the shipped default."""
-    dev = resolve_device(device)
+    """A model instance: given, or loaded (and kept in memory) from a path, or the shipped default.
+
+    A given instance stays on its own device with device "auto"; an explicit "cpu" or "cuda" moves it there
+    (in place, as nn.Module.to does). It is put in eval mode.
+    """
     if isinstance(model, RAQVAE):
+        dev = model.base.embed.device if device == "auto" else resolve_device(device)
         return model.to(dev).eval() if model.training or model.base.embed.device != dev else model
-    return cached_model(None if model is None else os.fspath(model), str(dev))
+    return cached_model(None if model is None else os.fspath(model), str(resolve_device(device)))
 
 
 def model_fingerprint(model: RAQVAE) -> bytes:
@@ -40,6 +45,20 @@ def model_fingerprint(model: RAQVAE) -> bytes:
     if getattr(model, "_fingerprint", None) is None:
         model._fingerprint = fingerprint(model)
     return model._fingerprint
+
+
+def exact_decoder(model: RAQVAE) -> RAQVAE:
+    """A float64 copy of the model (codebook generation and synthesis), made once per model instance, that reads
+    the float32 model's files: decompress(exact=True). Float32 decoding may differ by one level of 255 on a few
+    pixels between machines, thread counts and CPU/GPU; float64 rounding errors are about 1e-16 of a level's
+    width, so the pixels agree wherever they were measured (docs/FORMAT.md, Conformance), at about 3-4x the
+    CPU decoding time."""
+    cached = model.__dict__.pop("_exact_decoder", None)  # a plain attribute: not a submodule, not in state_dict
+    if cached is None or cached.base.embed.device != model.base.embed.device:
+        cached = copy.deepcopy(model).double()
+        cached._fingerprint = model_fingerprint(model)
+    model.__dict__["_exact_decoder"] = cached
+    return cached
 
 
 @dataclass
@@ -235,13 +254,18 @@ def reconstruct(model: RAQVAE, indices: list[np.ndarray], codebook_size: int | S
     return to_uint8(x_hat[:, :, :height, :width])
 
 
-def decompress(data: bytes, *, model: RAQVAE | str | os.PathLike | None = None, device: str = "auto") -> Image.Image:
-    """Decode .raq bytes to a PIL image (RGB, or L for a greyscale source). CodecError for any bad input."""
+def decompress(data: bytes, *, model: RAQVAE | str | os.PathLike | None = None, device: str = "auto",
+               exact: bool = False) -> Image.Image:
+    """Decode .raq bytes to a PIL image (RGB, or L for a greyscale source). CodecError for any bad input.
+
+    exact: decode in float64 (exact_decoder), for the same pixels on every machine and device."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise CodecError("decompress expects bytes")
     header, payload = bitstream.unpack(bytes(data))
     net = get_model(model, device)
     check_compatible(net, header)
+    if exact:
+        net = exact_decoder(net)
     indices = entropy.decode_stages(payload, header.latent_shape, list(header.codebook_sizes), header.entropy_model)
     pixels = reconstruct(net, indices, header.codebook_sizes, header.width, header.height)
     return to_pil(pixels, header.color_mode)

@@ -19,6 +19,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from raqcodec.errors import CodecError
+
 
 def launched() -> bool:
     """Whether torchrun started this process as one of several."""
@@ -39,7 +41,11 @@ def setup(device: str) -> tuple[int, int, str]:
         return 0, 1, device
     on_gpu = device.startswith("cuda")
     if on_gpu:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise CodecError(f"torchrun started local rank {local_rank} but this machine has "
+                             f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node at most that, or --device cpu")
+        device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if on_gpu else "gloo")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import synthetic_image
@@ -32,6 +33,10 @@ def test_compress_info_decompress(tiny_model, photo, tmp_path):
     res = run("decompress", raq, png, "--model", tiny_model.path)
     assert res.exit_code == 0, res.output
     assert Image.open(png).size == (70, 60)
+    res = run("decompress", raq, tmp_path / "exact.png", "--model", tiny_model.path, "--exact")
+    assert res.exit_code == 0, res.output
+    fast, exact = (np.asarray(Image.open(path), dtype=np.int16) for path in (png, tmp_path / "exact.png"))
+    assert np.abs(fast - exact).max() <= 1
 
 
 def test_bpp_target(tiny_model, photo, tmp_path):
@@ -147,7 +152,7 @@ def test_pipe_round_trip_in_a_subprocess(tiny_model, photo, tmp_path):
     import raqcodec
 
     raq = [sys.executable, "-m", "raqcodec.cli"]
-    model = ["--model", tiny_model.path]
+    model = ["--model", tiny_model.path, "--device", "cpu"]  # where tiny_model is, for equal bytes and pixels
     coded = subprocess.run([*raq, "compress", "-", "-", "--codebook-size", "64", *model],
                            input=photo.read_bytes(), capture_output=True, check=True)
     assert coded.stdout == raqcodec.compress(photo, codebook_size=64, model=tiny_model)

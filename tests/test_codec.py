@@ -23,6 +23,33 @@ def test_round_trip_equals_in_process_reconstruction(tiny_model, height, width, 
     assert (header.width, header.height, header.codebook_size) == (width, height, size)
 
 
+def test_a_given_model_stays_on_its_device_unless_one_is_named(tiny_model, monkeypatch):
+    import torch
+
+    from raqcodec.codec import get_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # "auto" must not move it even so
+    assert get_model(tiny_model, "auto") is tiny_model and tiny_model.base.embed.device.type == "cpu"
+    assert get_model(tiny_model, "cpu") is tiny_model
+
+
+def test_exact_decoding_runs_in_float64_and_stays_within_one_level(tiny_model, monkeypatch):
+    import torch
+
+    from raqcodec import codec
+
+    enc = encode(synthetic_image(64, 96, seed=5), codebook_size=256, model=tiny_model)
+    fast = np.asarray(raqcodec.decompress(enc.data, model=tiny_model), dtype=np.int16)
+    synthesis_dtypes = []
+    synthesis = codec.synthesis_tiled
+    monkeypatch.setattr(codec, "synthesis_tiled", lambda m, z: synthesis_dtypes.append(z.dtype) or synthesis(m, z))
+    exact = np.asarray(raqcodec.decompress(enc.data, model=tiny_model, exact=True), dtype=np.int16)
+    assert synthesis_dtypes == [torch.float64] and tiny_model.base.embed.dtype == torch.float32
+    assert codec.exact_decoder(tiny_model) is codec.exact_decoder(tiny_model)
+    assert not any(name.startswith("_exact") for name in tiny_model.state_dict())
+    assert np.abs(fast - exact).max() <= 1
+
+
 def test_greyscale_source_decodes_to_greyscale(tiny_model):
     grey = synthetic_image(40, 50)[:, :, 0]
     decoded = raqcodec.decompress(raqcodec.compress(grey, codebook_size=64, model=tiny_model), model=tiny_model)

@@ -4,8 +4,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from raqcodec import distributed
+from raqcodec.errors import CodecError
 from raqcodec.modelfile import read_model_file
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -41,8 +44,16 @@ def test_two_processes_keep_identical_weights_and_resume(image_folder, tmp_path)
 
     # Resumed through the command line, exactly as documented.
     run([*TORCHRUN, "-m", "raqcodec.cli", "train", image_folder, "--out", str(out), "--config", "tiny",
-         "--steps", "5", "--batch", "2", "--crop", "32", "--lr", "2e-3", "--resume"])
+         "--steps", "5", "--batch", "2", "--crop", "32", "--lr", "2e-3", "--resume", "--device", "cpu"])
     meta = read_model_file(out)["metadata"]
     assert (meta["steps"], meta["processes"]) == (5, 2)
     resumed = read_model_file(out)["state_dict"]
     assert any(not torch.equal(resumed[name], ranks[0][name]) for name in ranks[0])
+
+
+def test_more_gpu_ranks_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(distributed, "launched", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(CodecError, match="local rank 1 but this machine has 1 GPU"):
+        distributed.setup("cuda")

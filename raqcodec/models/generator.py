@@ -46,11 +46,12 @@ class CodebookGenerator(nn.Module):
         self.out_proj = nn.Linear(hid, cfg.group_dim)
 
     def _size_feature(self, size: int, device: torch.device) -> torch.Tensor:
-        """log2(eK) scaled to [0, 1] from size_feature_lo (default: the smallest eK) to the largest, shape (1, 1)."""
+        """log2(eK) scaled to [0, 1] from size_feature_lo (default: the smallest eK) to the largest, shape (1, 1),
+        in the dtype of the generator's weights."""
         lo = math.log2(self.cfg.size_feature_lo or self.cfg.min_codebook_size)
         hi = math.log2(self.cfg.max_codebook_size)
         u = (math.log2(size) - lo) / max(hi - lo, 1e-9)
-        return torch.tensor([[u]], dtype=torch.float32, device=device)
+        return torch.tensor([[u]], dtype=self.size_embed[0].weight.dtype, device=device)
 
     def _decoder_inputs(self, base_in: torch.Tensor, size: int) -> torch.Tensor:
         """Cross-forcing inputs (eK, G, hid) from projected base codewords base_in (K, G, hid)."""

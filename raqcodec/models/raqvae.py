@@ -84,8 +84,8 @@ class RAQVAE(nn.Module):
         """The adapted codebook (G, size, dg) of stage `stage` for eK = size, on the model's device.
 
         Deterministic (eval mode, dropout off) and cached per (method, stage, size, device) until the weights
-        change (`train()` or `load_state_dict` clears the cache). method "data": the Seq2Seq generator; "model":
-        DKM (size < K) or IKM (size > K) on the base codebooks.
+        change or move (`train()`, `load_state_dict`, `.to()`, `.double()` clear the cache). method "data": the
+        Seq2Seq generator; "model": DKM (size < K) or IKM (size > K) on the base codebooks.
         """
         if method not in CODEBOOK_METHODS:
             raise ValueError(f"unknown codebook method {method!r}")
@@ -129,6 +129,10 @@ class RAQVAE(nn.Module):
     def load_state_dict(self, *args, **kwargs):  # type: ignore[override]
         self.clear_codebook_cache()
         return super().load_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, recurse: bool = True):  # type: ignore[override]
+        self.clear_codebook_cache()  # .to(), .double(), .cuda(): cached tables would keep the old dtype or device
+        return super()._apply(fn, recurse)
 
     @torch.no_grad()
     def quantize(self, z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
