@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-TILE = 96  # latent positions per tile side (768 pixels at f=8: a 768x512 photo in one piece)
+TILE = 160  # latent positions per tile side (1280 pixels at f=8: a 1280x960 photo in one piece; 96 decoded
+# that photo in 1.27 s instead of 1.09 s, for 190 MB less peak memory)
 HALO = 8  # latent positions of context around each tile
 
 

@@ -342,7 +342,7 @@ def test_interrupted_write_leaves_nothing_and_keeps_old_file(tmp_path):
     path.write_bytes(b"old")
 
     class Interrupting:
-        def save(self, f, format):
+        def save(self, f, format, **options):
             f.write(b"partial")
             raise KeyboardInterrupt
 
