@@ -223,3 +223,12 @@ def test_rate_control_reaches_below_the_smallest_nearest_codeword_file(two_stage
     enc = encode(pixels, bpp=0.97 * floor, model=two_stage_model)
     assert enc.bpp <= 0.97 * floor
     assert latent_error(two_stage_model, latent, enc.setting, enc.indices) < float((latent.z ** 2).mean())
+
+
+def test_next_stage_candidates_only_from_the_top_of_a_stage(two_stage_model):
+    from raqcodec.ratecontrol import candidate_settings
+
+    largest = two_stage_model.cfg.max_codebook_size
+    assert candidate_settings(two_stage_model, (64,)) == [(256,), (1024,), (4096,)]
+    assert all(len(s) == 1 for s in candidate_settings(two_stage_model, (1024,)))
+    assert (largest, 256) in candidate_settings(two_stage_model, (largest,))
