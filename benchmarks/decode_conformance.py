@@ -51,7 +51,7 @@ def main() -> None:
     settings = args.settings.split(",")
     files = [encode(path, codebook_size=setting, model=model).data
              for path in list_images(args.folder) for setting in settings]
-    megapixels = sum(bitstream.unpack(data)[0].width * bitstream.unpack(data)[0].height for data in files) / 1e6
+    megapixels = sum(header.width * header.height for header in map(raqcodec.read_header, files)) / 1e6
     decoded: dict[int, list[tuple[list[np.ndarray], np.ndarray]]] = {}
     seconds_per_megapixel = {}
     for count in threads:
