@@ -41,10 +41,10 @@ def setup(device: str) -> tuple[int, int, str]:
         return 0, 1, device
     on_gpu = device.startswith("cuda")
     if on_gpu:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if local_rank >= torch.cuda.device_count():
-            raise CodecError(f"torchrun started local rank {local_rank} but this machine has "
-                             f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node at most that, or --device cpu")
+        local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise CodecError(f"torchrun started local rank {local_rank} but this machine has {gpus} GPU(s): "
+                             "use --nproc_per_node at most that, or --device cpu")
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(device)
     if not dist.is_initialized():

@@ -33,6 +33,7 @@ the largest setting with a warning.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -86,7 +87,7 @@ class RateAwareQuantizer:
     """
 
     def __init__(self, model: RAQVAE, latent: Latent, setting: Setting, prefix_strength: float = 0.0,
-                 cache: CandidateCache | None = None, weight: float = 1.0, candidates: int | None = None) -> None:
+                 cache: CandidateCache | None = None, weight: float = 1.0, candidates: int = CANDIDATES) -> None:
         check_setting(model, setting)
         self.model, self.latent, self.setting, self.weight = model, latent, setting, weight
         self.tables = model.codebooks(setting)
@@ -96,8 +97,7 @@ class RateAwareQuantizer:
         for stage, table in enumerate(self.tables):
             key = (setting[:stage + 1], prefix_strength if stage else None)
             if key not in cache:
-                cache[key] = nearest_candidates(split_groups(residual, model.cfg.groups), table,
-                                                candidates or CANDIDATES)
+                cache[key] = nearest_candidates(split_groups(residual, model.cfg.groups), table, candidates)
             if stage == len(self.tables) - 1:
                 self.last = cache[key]
                 break
@@ -288,9 +288,9 @@ def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float) -> tuple[Setting, E
         sample_grids = quantize_latent(model, sample, ladder[i], model.codebooks(ladder[i]), sample_prefixes)
         return _grid_bits(sample_grids, ladder[i], weight) + 8 * _overhead_bytes(ladder[i]) <= budget
 
+    @functools.cache  # the walk below may ask twice for one setting
     def fits(i: int) -> bool:
-        if i not in grids:
-            grids[i] = quantize_latent(model, latent, ladder[i], model.codebooks(ladder[i]), prefixes)
+        grids[i] = quantize_latent(model, latent, ladder[i], model.codebooks(ladder[i]), prefixes)
         return _grid_bits(grids[i], ladder[i]) + 8 * _overhead_bytes(ladder[i]) <= budget
 
     search = fits if sample is latent else sample_fits  # a small latent is its own sample: quantise it once
