@@ -9,7 +9,7 @@ import torch
 from raqcodec.data import CropSampler
 from raqcodec.models import RAQVAE, named_config
 from raqcodec.models.model_based import dkm, resize_codebook
-from raqcodec.models.quantizer import lookup, nearest_indices
+from raqcodec.models.quantizer import lookup, nearest_candidates, nearest_indices, row_argmin, row_smallest
 
 
 def test_shapes_default_and_paper_configs():
@@ -156,3 +156,35 @@ def test_gdn_and_residual_block_match_compressai():
     ours, theirs = ResidualBlock(8), layers.ResidualBlock(8, 8)
     ours.load_state_dict(theirs.state_dict())
     assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("width", [300, 512, 1024, 4096])
+def test_blocked_selection_matches_topk_and_argmin(width):
+    """row_smallest / row_argmin (blocked for wide rows on the CPU) give topk's and argmin's results on rows
+    without equal values, including rows whose smallest values crowd into one strided block."""
+    gen = torch.Generator().manual_seed(width)
+    rows = torch.rand(3, 200, width, generator=gen, dtype=torch.float64).float()
+    rows[0, :, ::8] -= 1.0  # every small value in one block of 8 strided blocks
+    rows[1, :, :40] -= 1.0  # small values spread over contiguous indices (many blocks)
+    top = rows.topk(32, dim=-1, largest=False)
+    values, indices = row_smallest(rows, 32)
+    assert torch.equal(values, top.values) and torch.equal(indices, top.indices)
+    assert torch.equal(row_argmin(rows), rows.argmin(-1))
+
+
+def test_blocked_selection_with_equal_values():
+    """With ties the k smallest VALUES still match topk, and every index points at its value."""
+    rows = torch.randint(0, 50, (4, 100, 2048), generator=torch.Generator().manual_seed(1)).float()
+    values, indices = row_smallest(rows, 32)
+    assert torch.equal(values, rows.topk(32, dim=-1, largest=False).values)
+    assert torch.equal(rows.gather(-1, indices), values)
+    assert torch.equal(rows.gather(-1, row_argmin(rows).unsqueeze(-1))[..., 0], rows.amin(-1))
+
+
+def test_nearest_candidates_agree_with_nearest_indices():
+    gen = torch.Generator().manual_seed(2)
+    vectors, codebook = torch.randn(2, 500, 8, generator=gen), torch.randn(2, 2048, 8, generator=gen)
+    dist, cand = nearest_candidates(vectors, codebook, 16)
+    assert torch.equal(cand[..., 0], nearest_indices(vectors, codebook))
+    exact = ((vectors.unsqueeze(2) - codebook.unsqueeze(1)) ** 2).sum(-1)  # (G, N, n)
+    assert torch.allclose(dist, exact.topk(16, dim=-1, largest=False).values, atol=1e-4)

@@ -43,6 +43,57 @@ def _distance_chunks(vectors: torch.Tensor, codebook: torch.Tensor, penalty: tor
         yield start, torch.baddbmm(code_sq, vectors[:, start:start + chunk], codebook.transpose(1, 2), alpha=-2.0)
 
 
+# Strided blocks of a row: block j holds elements j, j + n/B, j + 2n/B, ... Their minima are an elementwise minimum
+# of B contiguous slices (one vectorised pass), so a selection can run on n/B block minima and then on the
+# members of the few blocks that matter. Measured on the 2-core CPU on the distance chunks of a Kodak latent and
+# the shipped model's codebooks: the 32 smallest of 1024 / 2048 / 4096 in 0.84 / 0.69 / 0.71 x topk's time, the
+# argmin of 1024 to 4096 in 0.42 to 0.47 x argmin's. On a GPU the plain operations are used.
+_SELECT_BLOCKS = 8  # for row_smallest, rows of at least _SELECT_MIN_WIDTH
+_SELECT_MIN_WIDTH = 1024
+_ARGMIN_BLOCKS = 16  # for row_argmin, rows of at least _ARGMIN_MIN_WIDTH
+_ARGMIN_MIN_WIDTH = 512
+
+
+def _block_minima(rows: torch.Tensor, blocks: int) -> torch.Tensor:
+    """rows (..., n), n a multiple of blocks -> (..., n / blocks): the minimum of each strided block."""
+    return rows.reshape(*rows.shape[:-1], blocks, rows.shape[-1] // blocks).amin(-2)
+
+
+def _block_members(block: torch.Tensor, blocks: int, width: int) -> torch.Tensor:
+    """Block numbers (..., k) -> the indices of their members (..., blocks * k), member by member."""
+    offsets = width * torch.arange(blocks, device=block.device).unsqueeze(-1)  # (blocks, 1)
+    return (block.unsqueeze(-2) + offsets).flatten(-2)
+
+
+def row_smallest(rows: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest values of each row, smallest first, and their indices: rows (..., n) -> two (..., k).
+
+    The same as rows.topk(k, largest=False) up to the order (or choice, at the k-th) of equal values. Blocked
+    on the CPU: the k smallest values lie in the k blocks of smallest minima (a member of any other block has
+    k smaller values before it: those k minima), so topk runs on the n/B minima and on k*B members.
+    """
+    n = rows.shape[-1]
+    if rows.device.type != "cpu" or n < _SELECT_MIN_WIDTH or n % _SELECT_BLOCKS or k > n // _SELECT_BLOCKS:
+        top = rows.topk(k, dim=-1, largest=False)
+        return top.values, top.indices
+    width = n // _SELECT_BLOCKS
+    best_blocks = _block_minima(rows, _SELECT_BLOCKS).topk(k, dim=-1, largest=False, sorted=False).indices
+    members = _block_members(best_blocks, _SELECT_BLOCKS, width)
+    top = rows.gather(-1, members).topk(k, dim=-1, largest=False)
+    return top.values, members.gather(-1, top.indices)
+
+
+def row_argmin(rows: torch.Tensor) -> torch.Tensor:
+    """rows (..., n) -> (...) int64: the index of each row's smallest value (rows.argmin(-1) up to the choice
+    among equal values). Blocked on the CPU: the block of smallest minimum, then its smallest member."""
+    n = rows.shape[-1]
+    if rows.device.type != "cpu" or n < _ARGMIN_MIN_WIDTH or n % _ARGMIN_BLOCKS:
+        return rows.argmin(-1)
+    width = n // _ARGMIN_BLOCKS
+    members = _block_members(_block_minima(rows, _ARGMIN_BLOCKS).argmin(-1, keepdim=True), _ARGMIN_BLOCKS, width)
+    return members.gather(-1, rows.gather(-1, members).argmin(-1, keepdim=True))[..., 0]
+
+
 @torch.no_grad()
 def nearest_indices(vectors: torch.Tensor, codebook: torch.Tensor, penalty: torch.Tensor | None = None) -> torch.Tensor:
     """Index of the nearest codeword (squared L2) for each vector, or of the smallest squared distance + penalty.
@@ -51,7 +102,7 @@ def nearest_indices(vectors: torch.Tensor, codebook: torch.Tensor, penalty: torc
     """
     out = torch.empty(vectors.shape[:2], dtype=torch.long, device=vectors.device)
     for start, dist in _distance_chunks(vectors, codebook, penalty):
-        out[:, start:start + dist.shape[1]] = dist.argmin(-1)
+        out[:, start:start + dist.shape[1]] = row_argmin(dist)
     return out
 
 
@@ -68,9 +119,9 @@ def nearest_candidates(vectors: torch.Tensor, codebook: torch.Tensor, count: int
     v_sq = (vectors * vectors).sum(-1, keepdim=True)  # (G, N, 1)
     for start, part in _distance_chunks(vectors, codebook):
         stop = start + part.shape[1]
-        top = part.topk(m, dim=-1, largest=False)  # sorted, nearest first
-        dist[:, start:stop] = (top.values + v_sq[:, start:stop]).clamp_min(0.0)
-        idx[:, start:stop] = top.indices
+        values, indices = row_smallest(part, m)
+        dist[:, start:stop] = (values + v_sq[:, start:stop]).clamp_min(0.0)
+        idx[:, start:stop] = indices
     return dist, idx
 
 
