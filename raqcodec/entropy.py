@@ -458,6 +458,35 @@ def decode_indices(
     return decode_stages(payload, shape, [alphabet_size], entropy_model)[0]
 
 
+class _CheckedDecoder:
+    """A range decoder that codes every symbol it decodes again, with the same model, into a range encoder.
+
+    The range decoder reads zeros past the end of the data and never fails on garbage, so a payload is accepted
+    only if that re-encoding gives it back byte for byte (`reproduces`). Coding in step with decoding builds each
+    table once (and needs no float comparison: the parameters are those read from the stream).
+    """
+
+    def __init__(self, words: np.ndarray) -> None:
+        self.decoder, self.encoder = _RangeDecoder(words), _RangeEncoder()
+
+    def fixed(self, model, count: int) -> np.ndarray:
+        """`count` int32 symbols of one fixed model."""
+        symbols = np.asarray(self.decoder.decode(model, count), dtype=np.int32)
+        self.encoder.encode(symbols, model)
+        return symbols
+
+    def rows(self, weights: np.ndarray) -> np.ndarray:
+        """One int32 symbol per row of weights (n, k): each row an unnormalised distribution."""
+        symbols = np.asarray(self.decoder.decode(_CATEGORICAL_ROWS, weights), dtype=np.int32)
+        self.encoder.encode(symbols, _CATEGORICAL_ROWS, weights)
+        return symbols
+
+    def reproduces(self, payload: bytes) -> bool:
+        """Whether the symbols decoded so far, coded again, are exactly `payload`."""
+        words = np.asarray(self.encoder.get_compressed(), dtype=np.uint32)
+        return words.astype("<u4", copy=False).tobytes() == payload
+
+
 def decode_stages(
     payload: bytes, shape: tuple[int, int, int], alphabet_sizes: list[int], entropy_model: int
 ) -> list[np.ndarray]:
@@ -480,26 +509,24 @@ def decode_stages(
         )
     words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
     outs = [np.empty(dims, dtype=np.int32) for _ in ks]
-    choices: list[int] = []
     try:
-        decoder = _RangeDecoder(words)
+        stream = _CheckedDecoder(words)
         for out, k in zip(outs, ks):
             if model == UNIFORM:
-                flat = decoder.decode(_Categorical(_uniform_probs(k), perfect=False), out.size)
-                out[...] = np.asarray(flat, dtype=np.int32).reshape(dims)
+                out[...] = stream.fixed(_Categorical(_uniform_probs(k), perfect=False), out.size).reshape(dims)
                 continue
             choice_model = _choice_model(model, k)
             for g in range(dims[0]):
-                choice = int(np.asarray(decoder.decode(choice_model, 1))[0])
-                choices.append(choice)
+                choice = int(stream.fixed(choice_model, 1)[0])
                 if _uses_context(model, k):
                     inc, alpha = _context_parameters(choice)
                     for row, weights in _context_tables(out[g], out[g - 1] if g > 0 else None, k, inc, alpha):
-                        out[g, row] = decoder.decode(_CATEGORICAL_ROWS, weights)
+                        out[g, row] = stream.rows(weights)
                     continue
                 sym = out[g].reshape(-1)
                 for start, stop, probs in _adaptive_tables(sym, k, INCREMENTS[choice]):
-                    sym[start:stop] = decoder.decode(_Categorical(probs, perfect=False), stop - start)
+                    sym[start:stop] = stream.fixed(_Categorical(probs, perfect=False), stop - start)
+        canonical = stream.reproduces(payload)
     except CodecError:
         raise
     except Exception as exc:  # constriction raises assorted exception types
@@ -507,10 +534,7 @@ def decode_stages(
     for out, k in zip(outs, ks):
         if int(out.min()) < 0 or int(out.max()) >= k:
             raise CodecError("corrupt payload: decoded index out of range")
-    # The range decoder reads zeros past the end of the data and never fails on garbage, so a payload is
-    # accepted only if re-encoding the decoded indices (with the parameters read from the stream, so no float
-    # comparison is involved) gives it back byte for byte.
-    if _encode(list(zip(outs, ks)), model, choices or None) != payload:
+    if not canonical:
         raise CodecError("corrupt payload: it does not match the decoded indices")
     return outs
 
