@@ -45,9 +45,9 @@ def _distance_chunks(vectors: torch.Tensor, codebook: torch.Tensor, penalty: tor
 
 # Strided blocks of a row: block j holds elements j, j + n/B, j + 2n/B, ... Their minima are an elementwise minimum
 # of B contiguous slices (one vectorised pass), so a selection can run on n/B block minima and then on the
-# members of the few blocks that matter. Measured on the 2-core CPU on the distance chunks of a Kodak latent and
-# the shipped model's codebooks: the 32 smallest of 1024 / 2048 / 4096 in 0.84 / 0.69 / 0.71 x topk's time, the
-# argmin of 1024 to 4096 in 0.42 to 0.47 x argmin's. On a GPU the plain operations are used.
+# members of the few blocks that matter. Measured on the 2-core CPU (benchmarks/selection_speed.py: distance chunks
+# of a Kodak latent and the shipped model's codebooks): the 32 smallest of 1024 / 2048 / 4096 in 0.84 / 0.70 /
+# 0.77 x topk's time, the argmin of 512 to 4096 in 0.44 to 0.52 x argmin's. On a GPU the plain operations are used.
 _SELECT_BLOCKS = 8  # for row_smallest, rows of at least _SELECT_MIN_WIDTH
 _SELECT_MIN_WIDTH = 1024
 _ARGMIN_BLOCKS = 16  # for row_argmin, rows of at least _ARGMIN_MIN_WIDTH
