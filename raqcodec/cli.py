@@ -363,7 +363,7 @@ def run() -> None:
         else:
             print(exc.code, file=sys.stderr)
             code = 1
-    atexit._run_exitfuncs()
+    atexit._run_exitfuncs()  # CPython's own call at exit: a Dask cluster or worker pool still closes
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
