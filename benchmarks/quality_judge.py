@@ -23,8 +23,8 @@ from raqcodec.codec import analyse_pixels, decompress, get_model, setting_label
 from raqcodec.data import IMAGE_SUFFIXES
 from raqcodec.image_io import load_image
 from raqcodec.metrics import psnr
-from raqcodec.ratecontrol import (PREFIX_STRENGTH, RATE_WINDOW, RateAwareQuantizer, _grid_bits, _nearest_pick,
-                                  _payload_bits, candidate_settings, fit_rate_aware, latent_error, search_ladder)
+from raqcodec.ratecontrol import (RATE_WINDOW, RateAwareQuantizer, _nearest_pick, fit_rate_aware, latent_error,
+                                  rate_aware_specs, search_ladder, size_scale)
 
 
 def options(model, latent, bpp: float) -> list:
@@ -32,14 +32,10 @@ def options(model, latent, bpp: float) -> list:
     base, pick = _nearest_pick(model, latent, bpp)
     if pick is not None and base == search_ladder(model)[-1]:
         return [pick]
-    settings = ([base] if pick is None else []) + candidate_settings(model, base)
-    specs = [(setting, PREFIX_STRENGTH) for setting in settings]
-    if len(base) > 1 and (pick is None or base == search_ladder(model)[-1]):
-        specs.append((base, 0.0))
-    scale = 1.0 if pick is None else _payload_bits(pick) / _grid_bits(pick.indices, pick.setting)
+    scale = size_scale(pick)
     found = [] if pick is None else [pick]
     cache: dict = {}
-    for setting, strength in specs:
+    for setting, strength in rate_aware_specs(model, base, pick):
         fitted = fit_rate_aware(RateAwareQuantizer(model, latent, setting, strength, cache), bpp, scale)
         if fitted is not None:
             found.append(fitted)

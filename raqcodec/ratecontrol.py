@@ -316,6 +316,24 @@ def smallest_file(model: RAQVAE, latent: Latent) -> Encoded:
     return RateAwareQuantizer(model, latent, model.cfg.ladder()[0]).encode(STRENGTH_MAX)
 
 
+def rate_aware_specs(model: RAQVAE, base: Setting, pick: Encoded | None) -> list[tuple[Setting, float]]:
+    """(setting, strength of its earlier stages) of every rate-aware candidate above the nearest-codeword ladder
+    pick `base` (its file `pick`, None when that does not fit): base itself when its file does not fit, the
+    candidate_settings, and a multi-stage base whose file does not fit, or the top of the ladder, once more
+    with its earlier stages at nearest codewords (the rates just below base's)."""
+    settings = ([base] if pick is None else []) + candidate_settings(model, base)
+    specs = [(setting, PREFIX_STRENGTH) for setting in settings]
+    if len(base) > 1 and (pick is None or base == search_ladder(model)[-1]):
+        specs.append((base, 0.0))
+    return specs
+
+
+def size_scale(pick: Encoded | None) -> float:
+    """Real payload bits / adaptive_bits of the nearest pick's file (1.0 without one): the first calibration of
+    predicted sizes for the rate-aware candidates."""
+    return 1.0 if pick is None else _payload_bits(pick) / _grid_bits(pick.indices, pick.setting)
+
+
 def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
     """The encode of lowest latent error, among the nearest-codeword ladder pick and the rate-aware candidate
     of lowest PREDICTED error, whose whole file is <= bpp bits per pixel (module docstring)."""
@@ -326,14 +344,11 @@ def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
                           f"largest setting eK={setting_label(pick.setting)} ({pick.bpp:.4f} bpp)", stacklevel=3)
         return pick
     cache: CandidateCache = {}
-    settings = ([base] if pick is None else []) + candidate_settings(model, base)
-    specs = [(setting, PREFIX_STRENGTH) for setting in settings]
-    if len(base) > 1 and (pick is None or base == search_ladder(model)[-1]):
-        specs.append((base, 0.0))  # also with the earlier stages at nearest codewords: the rates just below base's
+    specs = rate_aware_specs(model, base, pick)
     (sample, weight), sample_cache = _sample(latent), {}
     previews = [RateAwareQuantizer(model, sample, setting, strength, sample_cache, weight, PREVIEW_CANDIDATES)
                 for setting, strength in specs]
-    scale = 1.0 if pick is None else _payload_bits(pick) / _grid_bits(pick.indices, pick.setting)
+    scale = size_scale(pick)
     strengths = [_bisect(preview, bpp, scale) for preview in previews]
     ranked = sorted((preview.error(m), i) for i, (preview, m) in enumerate(zip(previews, strengths))
                     if m is not None)
