@@ -305,40 +305,45 @@ def _context_tables(grid: np.ndarray, previous: np.ndarray | None, alphabet_size
         counts += increment * np.bincount(symbols, minlength=alphabet_size)
 
 
+def _earlier_row_counts(keys: np.ndarray) -> np.ndarray:
+    """keys (R, w) int64 -> (R, w) int64: for each element, how many elements of the rows before its own hold
+    the same key (what a table updated after each row has counted when the element is coded)."""
+    flat = keys.reshape(-1)
+    order = np.argsort(flat, kind="stable")  # by key, then by row: raster order is row-major
+    sorted_keys, sorted_rows = flat[order], order // keys.shape[1]
+    position = np.arange(flat.size)
+    new_key = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]
+    new_row = new_key | np.r_[True, sorted_rows[1:] != sorted_rows[:-1]]
+    counts = np.empty(flat.size, dtype=np.int64)
+    counts[order] = (np.maximum.accumulate(np.where(new_row, position, 0))
+                     - np.maximum.accumulate(np.where(new_key, position, 0)))
+    return counts.reshape(keys.shape)
+
+
 def _context_costs(grid: np.ndarray, previous: np.ndarray | None, alphabet_size: int) -> np.ndarray:
     """Ideal bits of one group under the CONTEXT model for every (increment, alpha) pair, shape (8, 4).
 
-    Excludes the bits that signal the pair. Encoder-side only (floats here cannot desynchronise anything).
+    Excludes the bits that signal the pair. The counts _context_tables holds when it codes each symbol
+    (pairs and contexts of earlier rows, order-0 counts of earlier rows) come for all rows at once from
+    _earlier_row_counts. Encoder-side only (floats here cannot desynchronise anything).
     """
     height, width = grid.shape
     incs = np.asarray(INCREMENTS, dtype=np.float64)[:, None, None]
     alphas = np.asarray(MIX_WEIGHTS, dtype=np.float64)[None, :, None]
-    seen = np.zeros(alphabet_size, dtype=np.int64)
-    n_top = np.zeros((alphabet_size, alphabet_size), dtype=np.int32)
-    n_prev = np.zeros((alphabet_size, alphabet_size), dtype=np.int32)
-    top_total = np.zeros(alphabet_size, dtype=np.int64)
-    prev_total = np.zeros(alphabet_size, dtype=np.int64)
-    bits = np.zeros((len(INCREMENTS), len(MIX_WEIGHTS)))
-    for row in range(height):
-        symbols = grid[row]
-        hits = np.zeros(width)
-        total = np.zeros(width)
-        if row > 0:
-            hits += n_top[grid[row - 1], symbols]
-            total += top_total[grid[row - 1]]
-        if previous is not None:
-            hits += n_prev[previous[row], symbols]
-            total += prev_total[previous[row]]
-        p0 = (PSEUDO_COUNT + incs * seen[symbols]) / (PSEUDO_COUNT * alphabet_size + incs * (row * width))
-        bits -= np.log2((hits + alphas * p0) / (total + alphas)).sum(-1)
-        if row > 0:
-            np.add.at(n_top, (grid[row - 1], symbols), 1)
-            np.add.at(top_total, grid[row - 1], 1)
-        if previous is not None:
-            np.add.at(n_prev, (previous[row], symbols), 1)
-            np.add.at(prev_total, previous[row], 1)
-        seen += np.bincount(symbols, minlength=alphabet_size)
-    return bits
+    symbols = grid.astype(np.int64)
+    hits = np.zeros((height, width))  # n_top[t_x, x's symbol] + n_prev[p_x, x's symbol]
+    total = np.zeros((height, width))  # their sums over symbols
+    if height > 1:
+        hits[1:] += _earlier_row_counts(symbols[:-1] * alphabet_size + symbols[1:])
+        total[1:] += _earlier_row_counts(symbols[:-1])
+    if previous is not None:
+        context = previous.astype(np.int64)
+        hits += _earlier_row_counts(context * alphabet_size + symbols)
+        total += _earlier_row_counts(context)
+    coded_before = np.repeat(np.arange(height) * width, width)  # symbols in the rows before each one
+    p0 = (PSEUDO_COUNT + incs * _earlier_row_counts(symbols).reshape(-1)) \
+        / (PSEUDO_COUNT * alphabet_size + incs * coded_before)
+    return -np.log2((hits.reshape(-1) + alphas * p0) / (total.reshape(-1) + alphas)).sum(-1)
 
 
 def _uniform_probs(alphabet_size: int) -> np.ndarray:

@@ -123,6 +123,21 @@ def test_ideal_matches_reference_derivation():
     assert E.ideal_code_length_bits(x, 20, E.UNIFORM) == pytest.approx(x.size * math.log2(20))
 
 
+@pytest.mark.parametrize("with_previous", [False, True])
+def test_context_costs_equal_the_code_lengths_under_the_context_tables(with_previous):
+    """The encoder's vectorised cost of every (increment, alpha) pair is -log2 of what the coder's own
+    row-by-row tables give each symbol."""
+    grids = zipf_indices((2, 9, 7), 12, seed=3)
+    grid, previous = grids[1], grids[0] if with_previous else None
+    costs = E._context_costs(grid, previous, 12)
+    for i, increment in enumerate(E.INCREMENTS):
+        for j, alpha in enumerate(E.MIX_WEIGHTS):
+            bits = 0.0
+            for row, weights in E._context_tables(grid, previous, 12, increment, alpha):
+                bits -= np.log2(weights[np.arange(7), grid[row]] / weights.sum(1)).sum()
+            assert costs[i, j] == pytest.approx(bits, rel=1e-12)
+
+
 @pytest.mark.parametrize("k", [16, 256, 4096])
 @pytest.mark.parametrize("model", MODELS)
 def test_payload_close_to_ideal(k, model):
