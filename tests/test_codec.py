@@ -1,6 +1,8 @@
 """The codec through the Python API: round trips, rate control, bad files."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from conftest import synthetic_image
@@ -99,6 +101,46 @@ def test_sampled_ladder_search_ends_where_the_whole_latent_search_would(tiny_mod
         i = ladder.index(pick)
         assert fits(pick, target) and (i + 1 == len(ladder) or not fits(ladder[i + 1], target))
     assert ratecontrol._nearest_pick(tiny_model, latent, 1e-3) == (ladder[0], None)  # nothing fits
+
+
+def test_shared_stage_one_candidates_equal_those_computed_afresh(tiny_model, monkeypatch):
+    """Rate control quantises stage 1 at the largest eK once (_seed_first_stage): the nearest codewords it
+    gives the ladder search, and the sample's candidates cut from it, are those computed on their own."""
+    import torch
+
+    from raqcodec import ratecontrol
+    from raqcodec.codec import quantize_latent
+    from raqcodec.models.quantizer import nearest_candidates, split_groups
+
+    monkeypatch.setattr(ratecontrol, "SAMPLE_MIN_POSITIONS", 16)
+    latent = analyse(tiny_model, synthetic_image(128, 160, seed=9))
+    largest = tiny_model.cfg.max_codebook_size
+    prefixes, cache = {}, {}
+    ratecontrol._seed_first_stage(tiny_model, latent, largest, prefixes, cache)
+    setting = (largest, 16) if tiny_model.cfg.stages > 1 else (largest,)
+    tables = tiny_model.codebooks(setting)
+    assert [np.array_equal(a, b) for a, b in zip(quantize_latent(tiny_model, latent, setting, tables, prefixes),
+                                                 quantize_latent(tiny_model, latent, setting, tables))] == [True] * len(setting)
+    sample, _ = ratecontrol._sample(latent)
+    dist, cand = ratecontrol._sample_candidates(latent, cache, ratecontrol.SAMPLE_STRIDE)[((largest,), None)]
+    fresh_dist, fresh_cand = nearest_candidates(split_groups(sample.z, tiny_model.cfg.groups), tables[0],
+                                                ratecontrol.PREVIEW_CANDIDATES)
+    assert torch.equal(dist, fresh_dist) and torch.equal(cand, fresh_cand)
+
+
+def test_adaptive_bits_equal_the_closed_form_over_every_codeword():
+    import torch
+
+    from raqcodec import entropy
+    from raqcodec.ratecontrol import adaptive_bits
+
+    size, idx = 64, torch.randint(0, 40, (3, 300), generator=torch.Generator().manual_seed(1))
+    counts = torch.zeros(3, size, dtype=torch.float64).scatter_add_(1, idx, torch.ones(3, 300, dtype=torch.float64))
+    a = 1.0 / torch.tensor(entropy.INCREMENTS, dtype=torch.float64)[:, None, None]
+    nats = torch.lgamma(300 + size * a[..., 0]) - torch.lgamma(size * a[..., 0]) \
+        - (torch.lgamma(counts + a) - torch.lgamma(a)).sum(-1)  # (increments, groups)
+    expected = float(nats.min(0).values.sum()) / math.log(2) + 3 * math.log2(len(entropy.INCREMENTS))
+    assert adaptive_bits(idx, size) == pytest.approx(expected, rel=1e-12)
 
 
 def test_weighted_adaptive_bits_equal_those_of_the_repeated_indices():
