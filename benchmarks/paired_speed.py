@@ -1,0 +1,109 @@
+"""Compress speed of this checkout against another one, interleaved image by image, so that drift in the
+machine's speed (up to 20 % between runs on the project's 2-core machine) falls on both alike.
+
+    git worktree add /tmp/before <commit>
+    .venv/bin/python benchmarks/paired_speed.py ../shared/data/kodak --other /tmp/before --targets 0.5,1.2 \\
+        --json benchmarks/results/paired_speed.json
+
+Two worker processes load the same model file, one importing this checkout's package and one the --other
+checkout's (by PYTHONPATH). For every round, target and image, both compress the image with `--bpp` (the public
+`raqcodec.codec.encode`, from the file), one after the other, the first alternating from image to image; each
+worker warms up once per target. Prints JSON (also written to --json): per target, seconds per megapixel of
+each side (sum of times / sum of megapixels), their ratio, and how many files came out byte-identical.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parent.parent
+
+
+def worker(model_path: str) -> None:
+    """Read {"path", "bpp"} lines on stdin; answer each with {"seconds", "megapixels", "sha1"} on stdout."""
+    from raqcodec.codec import encode, get_model
+
+    model = get_model(model_path, "auto")
+    print(json.dumps({"package": str(Path(sys.modules["raqcodec"].__file__).parent)}), flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        start = time.perf_counter()
+        encoded = encode(job["path"], model=model, bpp=job["bpp"])
+        seconds = time.perf_counter() - start
+        print(json.dumps({"seconds": seconds, "megapixels": encoded.header.width * encoded.header.height / 1e6,
+                          "sha1": hashlib.sha1(encoded.data).hexdigest()}), flush=True)
+
+
+class Worker:
+    """One worker process importing the package found first on `pythonpath` (None: this checkout's)."""
+
+    def __init__(self, pythonpath: str | None, model_path: str) -> None:
+        env = dict(os.environ, PYTHONPATH=pythonpath or str(REPO))
+        self.proc = subprocess.Popen([sys.executable, str(HERE), "--worker", "--model", model_path], env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
+        self.package = json.loads(self.proc.stdout.readline())["package"]
+
+    def encode(self, path: Path, bpp: float) -> dict:
+        self.proc.stdin.write(json.dumps({"path": str(path), "bpp": bpp}) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("inputs", nargs="*", help="folders or image files")
+    parser.add_argument("--other", help="root of the other checkout (holds raqcodec/)")
+    parser.add_argument("--model", default=str(REPO / "models" / "raq-default.pt"))
+    parser.add_argument("--targets", default="0.5,1.2", help="comma-separated bpp targets")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--json", default="benchmarks/results/paired_speed.json")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.model)
+        return
+    from raqcodec.data import list_images
+
+    paths = [p.resolve() for item in map(Path, args.inputs) for p in (list_images(item) if item.is_dir() else [item])]
+    targets = [float(t) for t in args.targets.split(",")]
+    model = str(Path(args.model).resolve())
+    sides = {"this": Worker(None, model), "other": Worker(args.other, model)}
+    rows = []
+    for target in targets:
+        for side in sides.values():
+            side.encode(paths[0], target)  # warm-up: this target's codebooks generated and cached
+        seconds = {name: 0.0 for name in sides}
+        megapixels, identical, count = 0.0, 0, 0
+        for _ in range(args.rounds):
+            for i, path in enumerate(paths):
+                order = list(sides) if i % 2 == 0 else list(sides)[::-1]
+                results = {name: sides[name].encode(path, target) for name in order}
+                for name, result in results.items():
+                    seconds[name] += result["seconds"]
+                megapixels += results["this"]["megapixels"]
+                identical += results["this"]["sha1"] == results["other"]["sha1"]
+                count += 1
+        rows.append({"bpp": target, "encodes_per_side": count,
+                     **{f"{name}_s_per_mp": seconds[name] / megapixels for name in sides},
+                     "this_over_other": seconds["this"] / seconds["other"], "identical_files": identical})
+        print(json.dumps(rows[-1]), flush=True)
+    doc = {"this": sides["this"].package, "other": sides["other"].package, "model": model,
+           "inputs": args.inputs, "rounds": args.rounds, "rows": rows}
+    for side in sides.values():
+        side.close()
+    Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
