@@ -5,8 +5,8 @@
 IMAGE is compressed once at --bpp 0.3 by this checkout; then `raq decompress` of that file runs --runs times
 (and `raq compress --bpp 0.3` a third as often), and `raq info` and `raq --help` 5 times each. With --before (a
 checkout of an earlier commit, e.g. from `git worktree add`), the same commands of that checkout run in
-alternation with this one's, from its `raqcodec.cli.main` with the same interpreter, so that both see the same
-machine load. Prints and writes JSON: per command, the median, min, max and every run.
+alternation with this one's, from its `raq` entry point (`raqcodec.cli.run`, or `cli.main` before commit e53bbe8)
+with the same interpreter, so that both see the same machine load. Prints and writes JSON: per command, the median, min, max and every run.
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 RAQ = Path(sys.executable).with_name("raq")  # this checkout's executable, beside the interpreter
-BEFORE_MAIN = "import sys; sys.argv[0] = 'raq'; from raqcodec.cli import main; main()"
+# The earlier checkout's executable: its `raq` entry point (cli.run since e53bbe8, cli.main before).
+BEFORE_MAIN = "import sys; sys.argv[0] = 'raq'; from raqcodec import cli; getattr(cli, 'run', cli.main)()"
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> float:

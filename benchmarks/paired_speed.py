@@ -28,8 +28,11 @@ REPO = HERE.parent.parent
 
 def worker(model_path: str) -> None:
     """Read {"path", "bpp"} lines on stdin; answer each with {"seconds", "megapixels", "sha1"} on stdout."""
+    import warnings
+
     from raqcodec.codec import encode, get_model
 
+    warnings.simplefilter("ignore")  # a target above an image's largest rate warns on every call
     model = get_model(model_path, "auto")
     print(json.dumps({"package": str(Path(sys.modules["raqcodec"].__file__).parent)}), flush=True)
     for line in sys.stdin:
