@@ -67,7 +67,8 @@ class Worker:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("inputs", nargs="*", help="folders or image files")
-    parser.add_argument("--other", help="root of the other checkout (holds raqcodec/)")
+    parser.add_argument("--other", help="root of the other checkout (holds raqcodec/); default this checkout, which "
+                                        "measures the noise of the comparison itself")
     parser.add_argument("--model", default=str(REPO / "models" / "raq-default.pt"))
     parser.add_argument("--targets", default="0.5,1.2", help="comma-separated bpp targets")
     parser.add_argument("--rounds", type=int, default=1)
@@ -77,6 +78,8 @@ def main() -> None:
     if args.worker:
         worker(args.model)
         return
+    if not args.inputs:
+        parser.error("give at least one folder or image file")
     from raqcodec.data import list_images
 
     paths = [p.resolve() for item in map(Path, args.inputs) for p in (list_images(item) if item.is_dir() else [item])]
