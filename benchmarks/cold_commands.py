@@ -5,8 +5,9 @@
 IMAGE is compressed once at --bpp 0.3 by this checkout; then `raq decompress` of that file runs --runs times
 (and `raq compress --bpp 0.3` a third as often), and `raq info` and `raq --help` 5 times each. With --before (a
 checkout of an earlier commit, e.g. from `git worktree add`), the same commands of that checkout run in
-alternation with this one's, from its `raq` entry point (`raqcodec.cli.run`, or `cli.main` before commit e53bbe8)
-with the same interpreter, so that both see the same machine load. Prints and writes JSON: per command, the median, min, max and every run.
+alternation with this one's, from its `raq` entry point (`raqcodec.cli.run`, or `cli.main` before commit
+e53bbe8) with the same interpreter, so that both see the same machine load. Prints and writes JSON: per
+command, the median, min, max and every run.
 """
 from __future__ import annotations
 

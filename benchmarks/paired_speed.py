@@ -1,5 +1,5 @@
 """Compress speed of this checkout against another one, interleaved image by image, so that drift in the
-machine's speed (up to 20 % between runs on the project's 2-core machine) falls on both alike.
+machine's speed (up to 31 % between runs on the project's 2-core machine) falls on both alike.
 
     git worktree add /tmp/before <commit>
     .venv/bin/python benchmarks/paired_speed.py ../shared/data/kodak --other /tmp/before --targets 0.5,1.2 \\

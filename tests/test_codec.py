@@ -119,8 +119,9 @@ def test_shared_stage_one_candidates_equal_those_computed_afresh(tiny_model, mon
     ratecontrol._seed_first_stage(tiny_model, latent, largest, prefixes, cache)
     setting = (largest, 16) if tiny_model.cfg.stages > 1 else (largest,)
     tables = tiny_model.codebooks(setting)
-    assert [np.array_equal(a, b) for a, b in zip(quantize_latent(tiny_model, latent, setting, tables, prefixes),
-                                                 quantize_latent(tiny_model, latent, setting, tables))] == [True] * len(setting)
+    shared = quantize_latent(tiny_model, latent, setting, tables, prefixes)
+    fresh = quantize_latent(tiny_model, latent, setting, tables)
+    assert len(shared) == len(fresh) == len(setting) and all(np.array_equal(a, b) for a, b in zip(shared, fresh))
     sample, _ = ratecontrol._sample(latent)
     dist, cand = ratecontrol._sample_candidates(latent, cache, ratecontrol.SAMPLE_STRIDE)[((largest,), None)]
     fresh_dist, fresh_cand = nearest_candidates(split_groups(sample.z, tiny_model.cfg.groups), tables[0],
