@@ -188,3 +188,22 @@ def test_nearest_candidates_agree_with_nearest_indices():
     assert torch.equal(cand[..., 0], nearest_indices(vectors, codebook))
     exact = ((vectors.unsqueeze(2) - codebook.unsqueeze(1)) ** 2).sum(-1)  # (G, N, n)
     assert torch.allclose(dist, exact.topk(16, dim=-1, largest=False).values, atol=1e-4)
+
+
+def test_fast_gdn_inference_matches_gdn_and_chunks_do_not_change_it(monkeypatch):
+    from raqcodec.models.gdn import GDN
+    from raqcodec.models.transforms import FastGDN
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 9, 11).contiguous(memory_format=torch.channels_last)  # 99 pixels
+    for inverse in (False, True):
+        fast, plain = FastGDN(8, inverse=inverse), GDN(8, inverse=inverse)
+        with torch.no_grad():
+            plain.gamma.uniform_(0.0, 0.5)
+        fast.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            whole = fast(x)
+            torch.testing.assert_close(whole, plain(x))
+            monkeypatch.setattr(FastGDN, "PIXEL_CHUNK", 16)  # 7 chunks, the last one short
+            assert torch.equal(fast(x), whole)
+            monkeypatch.undo()

@@ -32,18 +32,29 @@ class FastGDN(GDN):
     """GDN / IGDN (CompressAI's parameters and state_dict), with a leaner inference path.
 
     y_c = x_c * (beta_c + sum_j gamma_cj x_j^2)^(-1/2), or ^(+1/2) for the inverse. Without autograd the
-    1x1 convolution runs as one matrix product over the channels of a channels-last view, and the square
-    root and product work in place: a third less time than the parent at 128 channels on a 2-core CPU.
+    1x1 convolution runs as a matrix product over the channels of a channels-last view, and the square root
+    and product work in place: a third less time than the parent at 128 channels on a 2-core CPU. It runs
+    PIXEL_CHUNK pixels at a time into one output, so the squares and norms of a chunk stay in cache and no
+    image-sized temporary is allocated. For a 384x256x128 input on the 2-core AVX2 machine (best of 9, two
+    runs): 47-49 -> 30-37 ms with allocator.keep_freed_memory, 99-105 -> 69-76 ms without; the same output bit
+    for bit.
     """
+
+    PIXEL_CHUNK = 4096  # pixels per matrix product: 2 MB of float32 squares at 128 channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return super().forward(x)
         b, c, h, w = x.shape
         pixels = x.permute(0, 2, 3, 1).reshape(-1, c)  # a view when x is channels-last
-        norm = torch.addmm(self.beta_reparam(self.beta), pixels * pixels, self.gamma_reparam(self.gamma).t())
-        (norm.sqrt_() if self.inverse else norm.rsqrt_()).mul_(pixels)
-        return norm.reshape(b, h, w, c).permute(0, 3, 1, 2)
+        beta, gamma_t = self.beta_reparam(self.beta), self.gamma_reparam(self.gamma).t()
+        out = None
+        for start in range(0, pixels.shape[0], self.PIXEL_CHUNK):
+            part = pixels[start:start + self.PIXEL_CHUNK]
+            norm = torch.addmm(beta, part * part, gamma_t)  # not out=: autocast (bfloat16 analysis) skips those
+            out = norm.new_empty(pixels.shape) if out is None else out
+            torch.mul(norm.sqrt_() if self.inverse else norm.rsqrt_(), part, out=out[start:start + len(norm)])
+        return out.reshape(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def _conv(cin: int, cout: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
