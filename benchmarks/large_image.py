@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/large_image.py --width 6000 --height 4000 --bpp 0.3
 
 The image is built from a smooth pattern with noise (or --source, resized). Compression and
-decompression each run in their own process, which reports its own peak RSS (getrusage, MB).
+decompression each run in their own process, which reports its own peak RSS (getrusage, MB) and keeps freed
+memory as `raq` does (raqcodec.keep_freed_memory; --system-allocator: not).
 Prints JSON (also written to --json).
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ from PIL import Image
 CHILD = """
 import resource, sys, time, raqcodec
 from pathlib import Path
-mode, src, dst, bpp = sys.argv[1:5]
+mode, src, dst, bpp, keep = sys.argv[1:6]
+if keep == "kept":
+    raqcodec.keep_freed_memory()
 t = time.perf_counter()
 if mode == "compress":
     Path(dst).write_bytes(raqcodec.compress(src, bpp=float(bpp)))
@@ -55,16 +58,18 @@ def main() -> None:
     parser.add_argument("--bpp", type=float, default=0.3)
     parser.add_argument("--source", default=None, help="resize this photo instead of a synthetic pattern")
     parser.add_argument("--json", default="benchmarks/results/large_image.json")
+    parser.add_argument("--system-allocator", action="store_true", help="do not keep freed memory as `raq` does")
     args = parser.parse_args()
+    allocator = "system" if args.system_allocator else "kept"
     with tempfile.TemporaryDirectory() as tmp:
         src, raq, out = Path(tmp) / "big.png", Path(tmp) / "big.raq", Path(tmp) / "out.png"
         make_image(args.width, args.height, args.source).save(src)
         t0 = time.perf_counter()
-        c_s, c_rss = run_child("compress", str(src), str(raq), str(args.bpp))
-        d_s, d_rss = run_child("decompress", str(raq), str(out), "0")
+        c_s, c_rss = run_child("compress", str(src), str(raq), str(args.bpp), allocator)
+        d_s, d_rss = run_child("decompress", str(raq), str(out), "0", allocator)
         assert Image.open(out).size == (args.width, args.height)
         result = {"width": args.width, "height": args.height, "megapixels": args.width * args.height / 1e6,
-                  "bpp_target": args.bpp, "file_bytes": raq.stat().st_size,
+                  "bpp_target": args.bpp, "allocator": allocator, "file_bytes": raq.stat().st_size,
                   "bpp": raq.stat().st_size * 8 / (args.width * args.height),
                   "compress_s": c_s, "decompress_s": d_s, "compress_peak_rss_mb": c_rss,
                   "decompress_peak_rss_mb": d_rss, "wall_s": time.perf_counter() - t0}

@@ -8,7 +8,8 @@ machine's speed (up to 31 % between runs on the project's 2-core machine) falls 
 Two worker processes load the same model file, one importing this checkout's package and one the --other
 checkout's (by PYTHONPATH). For every round, target and image, both compress the image with `--bpp` (the public
 `raqcodec.codec.encode`, from the file), one after the other, the first alternating from image to image; each
-worker warms up once per target. Prints JSON (also written to --json): per target, seconds per megapixel of
+worker warms up once per target. Each worker keeps freed memory as its checkout's `raq` does (where that
+package has raqcodec.keep_freed_memory; --system-allocator: neither does). Prints JSON (also written to --json): per target, seconds per megapixel of
 each side (sum of times / sum of megapixels) and their ratio, the same from each image's fastest round (which
 drops the stalls a shared machine inflicts on single encodes), and how many files came out byte-identical.
 """
@@ -27,15 +28,18 @@ HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 
 
-def worker(model_path: str) -> None:
+def worker(model_path: str, system_allocator: bool) -> None:
     """Read {"path", "bpp"} lines on stdin; answer each with {"seconds", "megapixels", "sha1"} on stdout."""
     import warnings
 
+    import raqcodec
     from raqcodec.codec import encode, get_model
 
+    keep = None if system_allocator else getattr(raqcodec, "keep_freed_memory", None)
+    allocator = "kept" if keep is not None and keep() else "system"
     warnings.simplefilter("ignore")  # a target above an image's largest rate warns on every call
     model = get_model(model_path, "auto")
-    print(json.dumps({"package": str(Path(sys.modules["raqcodec"].__file__).parent)}), flush=True)
+    print(json.dumps({"package": str(Path(raqcodec.__file__).parent), "allocator": allocator}), flush=True)
     for line in sys.stdin:
         job = json.loads(line)
         start = time.perf_counter()
@@ -48,11 +52,13 @@ def worker(model_path: str) -> None:
 class Worker:
     """One worker process importing the package found first on `pythonpath` (None: this checkout's)."""
 
-    def __init__(self, pythonpath: str | None, model_path: str) -> None:
+    def __init__(self, pythonpath: str | None, model_path: str, system_allocator: bool) -> None:
         env = dict(os.environ, PYTHONPATH=pythonpath or str(REPO))
-        self.proc = subprocess.Popen([sys.executable, str(HERE), "--worker", "--model", model_path], env=env,
+        command = [sys.executable, str(HERE), "--worker", "--model", model_path]
+        self.proc = subprocess.Popen(command + ["--system-allocator"] * system_allocator, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/")
-        self.package = json.loads(self.proc.stdout.readline())["package"]
+        hello = json.loads(self.proc.stdout.readline())
+        self.package, self.allocator = hello["package"], hello["allocator"]
 
     def encode(self, path: Path, bpp: float) -> dict:
         self.proc.stdin.write(json.dumps({"path": str(path), "bpp": bpp}) + "\n")
@@ -73,10 +79,11 @@ def main() -> None:
     parser.add_argument("--targets", default="0.5,1.2", help="comma-separated bpp targets")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", default="benchmarks/results/paired_speed.json")
+    parser.add_argument("--system-allocator", action="store_true", help="neither side keeps freed memory")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.model)
+        worker(args.model, args.system_allocator)
         return
     if not args.inputs:
         parser.error("give at least one folder or image file")
@@ -85,7 +92,7 @@ def main() -> None:
     paths = [p.resolve() for item in map(Path, args.inputs) for p in (list_images(item) if item.is_dir() else [item])]
     targets = [float(t) for t in args.targets.split(",")]
     model = str(Path(args.model).resolve())
-    sides = {"this": Worker(None, model), "other": Worker(args.other, model)}
+    sides = {name: Worker(path, model, args.system_allocator) for name, path in (("this", None), ("other", args.other))}
     rows = []
     for target in targets:
         for side in sides.values():
@@ -108,7 +115,8 @@ def main() -> None:
                      **{f"{name}_best_of_rounds_s_per_mp": best[name] for name in sides},
                      "this_over_other_best_of_rounds": best["this"] / best["other"], "identical_files": identical})
         print(json.dumps(rows[-1]), flush=True)
-    doc = {"this": sides["this"].package, "other": sides["other"].package, "model": model,
+    doc = {"this": sides["this"].package, "other": sides["other"].package,
+           "allocators": {name: side.allocator for name, side in sides.items()}, "model": model,
            "inputs": args.inputs, "rounds": args.rounds, "rows": rows}
     for side in sides.values():
         side.close()

@@ -8,7 +8,9 @@ Inputs are folders (every image in them) or image files. Against an older checko
 script, same model file): PYTHONPATH=/path/to/old/checkout ... --model models/raq-default.pt.
 
 Each image is compressed from its file and decompressed from the bytes, through the public API, once per
-setting after one warm-up call that generates the setting's codebooks. Prints JSON (also written to --json).
+setting after one warm-up call that generates the setting's codebooks. The process keeps freed memory as `raq`
+does (raqcodec.keep_freed_memory, where the measured package has it; --system-allocator: never). Prints JSON
+(also written to --json).
 """
 from __future__ import annotations
 
@@ -43,7 +45,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--json", default="benchmarks/results/rate_speed.json")
+    parser.add_argument("--system-allocator", action="store_true", help="do not keep freed memory as `raq` does")
     args = parser.parse_args()
+    keep = None if args.system_allocator else getattr(raqcodec, "keep_freed_memory", None)
+    allocator = "kept" if keep is not None and keep() else "system"
     model = get_model(args.model, args.device)
     paths = [p for item in map(Path, args.inputs) for p in (list_images(item) if item.is_dir() else [item])][: args.limit]
     runs = [("codebook_size", s) for s in SETTINGS] + [("bpp", t) for t in TARGETS]
@@ -68,7 +73,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_image"}))
     device = str(model.base.embed.device)
     doc = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else f"cpu, {torch.get_num_threads()} threads",
-           "torch": torch.__version__, "package": str(Path(raqcodec.__file__).parent),
+           "torch": torch.__version__, "package": str(Path(raqcodec.__file__).parent), "allocator": allocator,
            "inputs": args.inputs, "rows": rows}
     Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
 

@@ -6,6 +6,8 @@
     header = raqcodec.read_header(data)                    # eK, size, model fingerprint, ...
     data = raqcodec.compress("photo.png", psnr=32)        # the smallest file decoding to >= 32 dB
 
+    raqcodec.keep_freed_memory()                          # what `raq` does: faster coding, memory kept
+
 Importing the package is cheap: torch and the model load on the first compress, decompress or load_model.
 It registers the Pillow plugin: Image.open("photo.raq") and img.save("photo.raq", bpp=0.3) (pillow_plugin.py).
 """
@@ -19,11 +21,11 @@ from raqcodec.errors import CodecError
 
 pillow_plugin.register()
 
-__all__ = ["CodecError", "compress", "decompress", "load_model", "read_header"]
+__all__ = ["CodecError", "compress", "decompress", "keep_freed_memory", "load_model", "read_header"]
 __version__ = "0.1.0"
 
 _LAZY = {"compress": "raqcodec.codec", "decompress": "raqcodec.codec", "read_header": "raqcodec.bitstream",
-         "load_model": "raqcodec.modelfile"}
+         "load_model": "raqcodec.modelfile", "keep_freed_memory": "raqcodec.allocator"}
 
 
 def __getattr__(name: str) -> Any:
