@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from raqcodec import bitstream, entropy
+from raqcodec.allocator import image_memory
 from raqcodec.errors import CodecError
 from raqcodec.image_io import load_image, pad_to_multiple, to_pil, to_tensor, to_uint8
 from raqcodec.modelfile import cached_model, fingerprint, resolve_device
@@ -203,16 +204,17 @@ def encode(image, *, bpp: float | None = None, codebook_size: int | Setting | st
         raise CodecError(f"bpp must be a positive number, got {bpp}")
     net = get_model(model, device)
     pixels, color_mode = load_image(image)
-    latent = analyse_pixels(net, pixels, color_mode)
-    if codebook_size is not None:
-        return encode_latent(net, latent, as_setting(codebook_size))
-    if psnr is not None:
-        from raqcodec.quality import choose_for_psnr  # imports this module
+    with image_memory(pixels.shape[0] * pixels.shape[1]):
+        latent = analyse_pixels(net, pixels, color_mode)
+        if codebook_size is not None:
+            return encode_latent(net, latent, as_setting(codebook_size))
+        if psnr is not None:
+            from raqcodec.quality import choose_for_psnr  # imports this module
 
-        return choose_for_psnr(net, latent, pixels, float(psnr))
-    from raqcodec.ratecontrol import choose_setting  # imports this module
+            return choose_for_psnr(net, latent, pixels, float(psnr))
+        from raqcodec.ratecontrol import choose_setting  # imports this module
 
-    return choose_setting(net, latent, float(bpp))
+        return choose_setting(net, latent, float(bpp))
 
 
 def compress(image, *, bpp: float | None = None, codebook_size: int | Setting | str | None = None,
@@ -266,6 +268,8 @@ def decompress(data: bytes, *, model: RAQVAE | str | os.PathLike | None = None, 
     check_compatible(net, header)
     if exact:
         net = exact_decoder(net)
-    indices = entropy.decode_stages(payload, header.latent_shape, list(header.codebook_sizes), header.entropy_model)
-    pixels = reconstruct(net, indices, header.codebook_sizes, header.width, header.height)
+    with image_memory(header.width * header.height):
+        indices = entropy.decode_stages(payload, header.latent_shape, list(header.codebook_sizes),
+                                        header.entropy_model)
+        pixels = reconstruct(net, indices, header.codebook_sizes, header.width, header.height)
     return to_pil(pixels, header.color_mode)
