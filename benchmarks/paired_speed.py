@@ -9,9 +9,10 @@ Two worker processes load the same model file, one importing this checkout's pac
 checkout's (by PYTHONPATH). For every round, target and image, both compress the image with `--bpp` (the public
 `raqcodec.codec.encode`, from the file), one after the other, the first alternating from image to image; each
 worker warms up once per target. Each worker keeps freed memory as its checkout's `raq` does (where that
-package has raqcodec.keep_freed_memory; --system-allocator: neither does). Prints JSON (also written to --json): per target, seconds per megapixel of
-each side (sum of times / sum of megapixels) and their ratio, the same from each image's fastest round (which
-drops the stalls a shared machine inflicts on single encodes), and how many files came out byte-identical.
+package has raqcodec.keep_freed_memory; --system-allocator: neither does). Prints JSON (also written to
+--json): per target, seconds per megapixel of each side (sum of times / sum of megapixels) and their ratio, the
+same from each image's fastest round (which drops the stalls a shared machine inflicts on single encodes), and
+how many files came out byte-identical.
 """
 from __future__ import annotations
 
