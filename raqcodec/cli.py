@@ -29,12 +29,26 @@ class RaqGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(1)
+        except BrokenPipeError:  # the reader of the output left (`raq info x.raq | head -1`): stop quietly
+            _silence_stdout()
+            sys.exit(1)
         except Exception as exc:  # every failure reaches the user as one line
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             click.echo(f"error: {message}", err=True)
             sys.exit(1)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit raises no second BrokenPipeError."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test runner's buffer)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:

@@ -219,3 +219,21 @@ def test_compare_matches_the_largest_quality_under_the_size():
     quality = next(q for q in range(1, 96) if pillow_encode(pixels, "JPEG", q) == data)
     assert quality == 95 or len(pillow_encode(pixels, "JPEG", quality + 1)) > budget
     assert matched_pillow(pixels, "JPEG", 10) == pillow_encode(pixels, "JPEG", 1)  # nothing fits: the lowest
+
+
+def test_a_reader_that_leaves_stops_the_command_quietly(tiny_model, photo, tmp_path, monkeypatch):
+    """`raq info x.raq | head -1`: once the pipe's reader has gone, no error message, exit 1."""
+    import click
+
+    coded = tmp_path / "photo.raq"
+    assert run("compress", photo, coded, "--codebook-size", "64", "--model", tiny_model.path).exit_code == 0
+    echo = click.echo
+
+    def closed_stdout(*args, **kwargs):
+        if not kwargs.get("err"):
+            raise BrokenPipeError(32, "Broken pipe")
+        echo(*args, **kwargs)
+
+    monkeypatch.setattr(click, "echo", closed_stdout)
+    result = CliRunner().invoke(main, ["info", str(coded)])
+    assert result.exit_code == 1 and result.stderr == "" and result.stdout == ""
