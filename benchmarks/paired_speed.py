@@ -93,7 +93,8 @@ def main() -> None:
     paths = [p.resolve() for item in map(Path, args.inputs) for p in (list_images(item) if item.is_dir() else [item])]
     targets = [float(t) for t in args.targets.split(",")]
     model = str(Path(args.model).resolve())
-    sides = {name: Worker(path, model, args.system_allocator) for name, path in (("this", None), ("other", args.other))}
+    sides = {"this": Worker(None, model, args.system_allocator),
+             "other": Worker(args.other, model, args.system_allocator)}
     rows = []
     for target in targets:
         for side in sides.values():
