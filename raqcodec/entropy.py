@@ -283,19 +283,28 @@ def _context_tables(grid: np.ndarray, previous: np.ndarray | None, alphabet_size
     as p in the previous group; c0 are the order-0 counts (PSEUDO_COUNT, plus `increment` per occurrence),
     so this is (n + alpha * p0) / (N + alpha) up to normalisation. Counts are updated after each row, so the
     decoder can pass its output buffer and fill row by row. Every step is an exact integer operation or one
-    correctly rounded IEEE-754 float64 operation in a fixed order, so all machines build the same weights.
+    correctly rounded IEEE-754 float64 operation in a fixed order, so all machines build the same weights:
+    (alpha * c0 / sum(c0) + n_top[t_x]) + n_prev[p_x], the first sum computed as n_top[t_x] + base (float
+    addition commutes exactly).
+
+    ``weights`` is one buffer, overwritten for the next row: use it before advancing. Gathers use
+    ``np.take(..., mode="clip")`` into reused buffers (indices are in range): with the default mode numpy
+    buffers the whole output, and a (96, 1024) gather took 300 us instead of 14 us on the 2-core AVX2 machine.
     """
     height, width = grid.shape
     counts = np.full(alphabet_size, PSEUDO_COUNT, dtype=np.int64)
     n_top = np.zeros((alphabet_size, alphabet_size), dtype=np.int32)
     n_prev = np.zeros((alphabet_size, alphabet_size), dtype=np.int32) if previous is not None else None
+    weights = np.empty((width, alphabet_size), dtype=np.float64)
+    gathered = np.empty((width, alphabet_size), dtype=np.int32)
     for row in range(height):
-        weights = np.empty((width, alphabet_size), dtype=np.float64)
-        weights[:] = (alpha * counts) / counts.sum()
+        base = (alpha * counts) / counts.sum()
         if row > 0:
-            weights += n_top[grid[row - 1]]
+            np.add(np.take(n_top, grid[row - 1], axis=0, out=gathered, mode="clip"), base, out=weights)
+        else:
+            weights[:] = base
         if n_prev is not None:
-            weights += n_prev[previous[row]]
+            np.add(weights, np.take(n_prev, previous[row], axis=0, out=gathered, mode="clip"), out=weights)
         yield row, weights
         symbols = grid[row]
         if row > 0:
