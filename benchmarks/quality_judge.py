@@ -28,7 +28,7 @@ from raqcodec.ratecontrol import (RATE_WINDOW, RateAwareQuantizer, _nearest_pick
 
 
 def options(model, latent, bpp: float) -> list:
-    """Every file choose_setting may compare at this target (Encoded, whole file <= bpp)."""
+    """Every file choose_setting may compare at this target (ratecontrol.Draft, whole file <= bpp)."""
     base, pick = _nearest_pick(model, latent, bpp)
     if pick is not None and base == search_ladder(model)[-1]:
         return [pick]
@@ -60,7 +60,7 @@ def main() -> None:
             found = options(model, latent, bpp)
             in_window = [enc for enc in found if enc.bpp >= RATE_WINDOW * bpp] or found
             scored = [(latent_error(model, latent, enc.setting, enc.indices),
-                       psnr(pixels, np.asarray(decompress(enc.data, model=model))), enc) for enc in in_window]
+                       psnr(pixels, np.asarray(decompress(enc.write().data, model=model))), enc) for enc in in_window]
             by_latent = min(scored, key=lambda s: s[0])
             by_pixels = max(scored, key=lambda s: s[1])
             rows.append({"image": path.name, "target": bpp, "options": len(scored),

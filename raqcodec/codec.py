@@ -179,18 +179,41 @@ def encode_latent(model: RAQVAE, latent: Latent, codebook_size: int | Setting,
     return write_file(model, latent, setting, indices, entropy_models)
 
 
-def write_file(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np.ndarray],
-               entropy_models: tuple[int, ...] = ENTROPY_MODELS) -> Encoded:
-    """Entropy-code one (G, h, w) index grid per stage of the setting into a whole .raq file, with the entropy
-    model (among entropy_models) of smallest ideal code length."""
-    entropy_model, choices = entropy.plan_stages(indices, list(setting), entropy_models)
-    payload = entropy.encode_stages(indices, list(setting), entropy_model, choices)
+@dataclass
+class CodingPlan:
+    """How write_file codes a setting's index grids: the entropy model (among those allowed) of smallest ideal
+    code length, its parameter symbol per (stage, group), and that ideal code length in bits (the payload
+    before the range coder's word rounding and termination)."""
+
+    entropy_model: int
+    choices: list[int]
+    ideal_bits: float
+
+
+def plan_coding(setting: Setting, indices: list[np.ndarray],
+                entropy_models: tuple[int, ...] = ENTROPY_MODELS) -> CodingPlan:
+    """The CodingPlan of one (G, h, w) index grid per stage of the setting."""
+    return CodingPlan(*entropy.plan_payload(indices, list(setting), entropy_models))
+
+
+def file_header(model: RAQVAE, latent: Latent, setting: Setting, entropy_model: int,
+                payload_length: int) -> bitstream.Header:
+    """The header of the file that codes the latent at this setting with this entropy model."""
     cfg = model.cfg
-    header = bitstream.Header(
+    return bitstream.Header(
         model_fingerprint=model_fingerprint(model), width=latent.width, height=latent.height,
         color_mode=latent.color_mode, codebook_size=setting[0], groups=cfg.groups,
-        downsample=cfg.downsample, entropy_model=entropy_model, payload_length=len(payload),
+        downsample=cfg.downsample, entropy_model=entropy_model, payload_length=payload_length,
         residual_sizes=setting[1:])
+
+
+def write_file(model: RAQVAE, latent: Latent, setting: Setting, indices: list[np.ndarray],
+               entropy_models: tuple[int, ...] = ENTROPY_MODELS, plan: CodingPlan | None = None) -> Encoded:
+    """Entropy-code one (G, h, w) index grid per stage of the setting into a whole .raq file, with the entropy
+    model (among entropy_models) of smallest ideal code length: `plan`, when it was made already."""
+    plan = plan_coding(setting, indices, entropy_models) if plan is None else plan
+    payload = entropy.encode_stages(indices, list(setting), plan.entropy_model, plan.choices)
+    header = file_header(model, latent, setting, plan.entropy_model, len(payload))
     return Encoded(bitstream.pack(header, payload), header, indices)
 
 

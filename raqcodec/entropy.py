@@ -124,7 +124,7 @@ __all__ = [
     "ideal_stage_bits",
     "choose_entropy_model",
     "choose_stage_entropy_model",
-    "plan_stages",
+    "plan_payload",
 ]
 
 UNIFORM = 0
@@ -378,7 +378,7 @@ def encode_stages(grids: list[np.ndarray], alphabet_sizes: list[int], entropy_mo
                   choices: list[int] | None = None) -> bytes:
     """Entropy-code one index grid ``(G, h, w)`` per stage (alphabet ``eK_s``) into one payload.
 
-    ``choices``: the parameter symbol per (stage, group) in coding order, as :func:`plan_stages` gives them;
+    ``choices``: the parameter symbol per (stage, group) in coding order, as :func:`plan_payload` gives them;
     None computes the best ones.
     """
     if len(grids) != len(alphabet_sizes) or not grids:
@@ -571,23 +571,24 @@ def ideal_stage_bits(grids: list[np.ndarray], alphabet_sizes: list[int], entropy
     return sum(ideal_code_length_bits(grid, k, entropy_model) for grid, k in zip(grids, alphabet_sizes))
 
 
-def plan_stages(grids: list[np.ndarray], alphabet_sizes: list[int],
-                models: tuple[int, ...] = (UNIFORM, ADAPTIVE, CONTEXT)) -> tuple[int, list[int]]:
+def plan_payload(grids: list[np.ndarray], alphabet_sizes: list[int],
+                 models: tuple[int, ...] = (UNIFORM, ADAPTIVE, CONTEXT)) -> tuple[int, list[int], float]:
     """(the entropy model among `models` giving the smallest payload for all stages together, ties to the
-    earlier id; its parameter symbol per (stage, group) for :func:`encode_stages`)."""
+    earlier id; its parameter symbol per (stage, group) for :func:`encode_stages`; its ideal code length in
+    bits, the payload's size before the range coder's rounding and termination)."""
     ks = [_check_alphabet(k) for k in alphabet_sizes]
     stages = [(_check_indices(grid, k), k) for grid, k in zip(grids, ks)]
     cache: AdaptiveCostCache = {}
     plans = [(*_plan(stages, _check_model(model), cache), model) for model in models]
     bits, choices, model = min(plans, key=lambda plan: plan[0])  # min keeps the first of equal ones
-    return model, choices
+    return model, choices, bits
 
 
 def choose_stage_entropy_model(grids: list[np.ndarray], alphabet_sizes: list[int],
                                models: tuple[int, ...] = (UNIFORM, ADAPTIVE, CONTEXT)) -> int:
     """Among `models`, the entropy model id giving the smallest payload for all stages together (ties go to
     the earlier id)."""
-    return plan_stages(grids, alphabet_sizes, models)[0]
+    return plan_payload(grids, alphabet_sizes, models)[0]
 
 
 def choose_entropy_model(indices: np.ndarray, alphabet_size: int) -> int:

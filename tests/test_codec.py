@@ -79,6 +79,25 @@ def test_rate_control_fits_the_target_at_least_as_well_as_the_nearest_pick(tiny_
             latent_error(tiny_model, latent, nearest.setting, nearest.indices)
 
 
+@pytest.mark.parametrize("size", [2, 40, 300, 4096])
+def test_a_draft_answers_as_its_written_file_would(tiny_model, size):
+    """A Draft's estimated size is within its margin of the file it writes, and its comparisons with a target
+    at the file's exact size, or one bit under, give the real file's answers (the close call writes the file)."""
+    from raqcodec import ratecontrol
+    from raqcodec.codec import quantize_latent
+
+    latent = analyse(tiny_model, synthetic_image(96, 120, seed=9))
+    grids = quantize_latent(tiny_model, latent, (size,), tiny_model.codebooks((size,)))
+    written = encode_latent(tiny_model, latent, size)
+    draft = ratecontrol.Draft(tiny_model, latent, (size,), grids)
+    assert abs(draft.size_bits - 8 * len(written.data)) < ratecontrol.EXACT_MARGIN_BITS - 16
+    pixels = latent.width * latent.height
+    exact_bpp = 8 * len(written.data) / pixels
+    assert draft.fits(exact_bpp) and not ratecontrol.Draft(tiny_model, latent, (size,), grids).fits(
+        exact_bpp - 1 / pixels)
+    assert draft.write().data == written.data
+
+
 def test_sampled_ladder_search_ends_where_the_whole_latent_search_would(tiny_model, monkeypatch):
     from raqcodec import ratecontrol
     from raqcodec.codec import quantize_latent
