@@ -12,7 +12,8 @@ worker warms up once per target. Each worker keeps freed memory as its checkout'
 package has raqcodec.keep_freed_memory; --system-allocator: neither does). Prints JSON (also written to
 --json): per target, seconds per megapixel of each side (sum of times / sum of megapixels) and their ratio, the
 same from each image's fastest round (which drops the stalls a shared machine inflicts on single encodes), and
-how many files came out byte-identical.
+how many files came out byte-identical. With --decompress, each worker also decompresses the file it just
+wrote (`raqcodec.codec.decompress`, model loaded), and the same figures are given for decoding.
 """
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ REPO = HERE.parent.parent
 
 
 def worker(model_path: str, system_allocator: bool) -> None:
-    """Read {"path", "bpp"} lines on stdin; answer each with {"seconds", "megapixels", "sha1"} on stdout."""
+    """Read {"path", "bpp", "decompress"} lines on stdin; answer each with {"seconds", "megapixels", "sha1"} and,
+    when asked to decompress the file, "decode_seconds" on stdout."""
     import warnings
 
     import raqcodec
-    from raqcodec.codec import encode, get_model
+    from raqcodec.codec import decompress, encode, get_model
 
     keep = None if system_allocator else getattr(raqcodec, "keep_freed_memory", None)
     allocator = "kept" if keep is not None and keep() else "system"
@@ -45,9 +47,14 @@ def worker(model_path: str, system_allocator: bool) -> None:
         job = json.loads(line)
         start = time.perf_counter()
         encoded = encode(job["path"], model=model, bpp=job["bpp"])
-        seconds = time.perf_counter() - start
-        print(json.dumps({"seconds": seconds, "megapixels": encoded.header.width * encoded.header.height / 1e6,
-                          "sha1": hashlib.sha1(encoded.data).hexdigest()}), flush=True)
+        answer = {"seconds": time.perf_counter() - start,
+                  "megapixels": encoded.header.width * encoded.header.height / 1e6,
+                  "sha1": hashlib.sha1(encoded.data).hexdigest()}
+        if job["decompress"]:
+            start = time.perf_counter()
+            decompress(encoded.data, model=model)
+            answer["decode_seconds"] = time.perf_counter() - start
+        print(json.dumps(answer), flush=True)
 
 
 class Worker:
@@ -61,8 +68,8 @@ class Worker:
         hello = json.loads(self.proc.stdout.readline())
         self.package, self.allocator = hello["package"], hello["allocator"]
 
-    def encode(self, path: Path, bpp: float) -> dict:
-        self.proc.stdin.write(json.dumps({"path": str(path), "bpp": bpp}) + "\n")
+    def encode(self, path: Path, bpp: float, decompress: bool) -> dict:
+        self.proc.stdin.write(json.dumps({"path": str(path), "bpp": bpp, "decompress": decompress}) + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
@@ -81,6 +88,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--json", default="benchmarks/results/paired_speed.json")
     parser.add_argument("--system-allocator", action="store_true", help="neither side keeps freed memory")
+    parser.add_argument("--decompress", action="store_true", help="also time decompressing each file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -98,24 +106,29 @@ def main() -> None:
     rows = []
     for target in targets:
         for side in sides.values():
-            side.encode(paths[0], target)  # warm-up: this target's codebooks generated and cached
-        times = {name: [[] for _ in paths] for name in sides}  # per side, per image: seconds of each round
+            side.encode(paths[0], target, args.decompress)  # warm-up: this target's codebooks generated and cached
+        measures = ("seconds", "decode_seconds") if args.decompress else ("seconds",)
+        # per measure, side and image: seconds of each round
+        times = {measure: {name: [[] for _ in paths] for name in sides} for measure in measures}
         megapixels, identical = [0.0] * len(paths), 0
         for _ in range(args.rounds):
             for i, path in enumerate(paths):
                 order = list(sides) if i % 2 == 0 else list(sides)[::-1]
-                results = {name: sides[name].encode(path, target) for name in order}
-                for name, result in results.items():
-                    times[name][i].append(result["seconds"])
+                results = {name: sides[name].encode(path, target, args.decompress) for name in order}
+                for measure in measures:
+                    for name, result in results.items():
+                        times[measure][name][i].append(result[measure])
                 megapixels[i] = results["this"]["megapixels"]
                 identical += results["this"]["sha1"] == results["other"]["sha1"]
-        total = {name: sum(map(sum, times[name])) / (args.rounds * sum(megapixels)) for name in sides}
-        best = {name: sum(map(min, times[name])) / sum(megapixels) for name in sides}  # stalls filtered out
-        rows.append({"bpp": target, "encodes_per_side": args.rounds * len(paths),
-                     **{f"{name}_s_per_mp": total[name] for name in sides},
-                     "this_over_other": total["this"] / total["other"],
-                     **{f"{name}_best_of_rounds_s_per_mp": best[name] for name in sides},
-                     "this_over_other_best_of_rounds": best["this"] / best["other"], "identical_files": identical})
+        row = {"bpp": target, "encodes_per_side": args.rounds * len(paths), "identical_files": identical}
+        for measure, prefix in zip(measures, ("", "decompress_")):
+            total = {name: sum(map(sum, times[measure][name])) / (args.rounds * sum(megapixels)) for name in sides}
+            best = {name: sum(map(min, times[measure][name])) / sum(megapixels) for name in sides}  # stalls dropped
+            row.update({**{f"{prefix}{name}_s_per_mp": total[name] for name in sides},
+                        f"{prefix}this_over_other": total["this"] / total["other"],
+                        **{f"{prefix}{name}_best_of_rounds_s_per_mp": best[name] for name in sides},
+                        f"{prefix}this_over_other_best_of_rounds": best["this"] / best["other"]})
+        rows.append(row)
         print(json.dumps(rows[-1]), flush=True)
     doc = {"this": sides["this"].package, "other": sides["other"].package,
            "allocators": {name: side.allocator for name, side in sides.items()}, "model": model,
