@@ -88,15 +88,14 @@ class Draft:
     def __init__(self, model: RAQVAE, latent: Latent, setting: Setting, indices: list[np.ndarray]) -> None:
         self.model, self.latent, self.setting, self.indices = model, latent, setting, indices
         self.plan = plan_coding(setting, indices)
+        header = file_header(model, latent, setting, self.plan.entropy_model, 0)
+        self._estimated_bits = 8.0 * (header.header_size + CRC_SIZE) + self.plan.ideal_bits + PAYLOAD_SLACK_BITS
         self._encoded: Encoded | None = None
 
     @property
     def size_bits(self) -> float:
         """Bits of the whole file: exact once written, else estimated."""
-        if self._encoded is not None:
-            return 8.0 * len(self._encoded.data)
-        header = file_header(self.model, self.latent, self.setting, self.plan.entropy_model, 0)
-        return 8.0 * (header.header_size + CRC_SIZE) + self.plan.ideal_bits + PAYLOAD_SLACK_BITS
+        return self._estimated_bits if self._encoded is None else 8.0 * len(self._encoded.data)
 
     @property
     def bpp(self) -> float:
