@@ -58,7 +58,7 @@ def main() -> None:
         latent = analyse_pixels(model, pixels, color_mode)
         for bpp in targets:
             found = options(model, latent, bpp)
-            in_window = [enc for enc in found if enc.bpp >= RATE_WINDOW * bpp] or found
+            in_window = [enc for enc in found if not enc.fits(RATE_WINDOW * bpp)] or found  # as choose_setting
             scored = [(latent_error(model, latent, enc.setting, enc.indices),
                        psnr(pixels, np.asarray(decompress(enc.write().data, model=model))), enc) for enc in in_window]
             by_latent = min(scored, key=lambda s: s[0])
