@@ -264,8 +264,9 @@ def fit_rate_aware(quantizer: RateAwareQuantizer, bpp: float, scale: float) -> D
     none is.
 
     Bisections run on predicted sizes (predicted_bpp at `scale`); a file is planned after each (a Draft, whose
-    comparisons give a real file's answers) and recalibrates the scale, at most CALIBRATIONS times (fewer once
-    a file fits within CLOSE_ENOUGH of the target), and the largest file that fits is kept. When no file fits
+    comparisons give a real file's answers) and recalibrates the scale by its size (estimated unless a close call
+    wrote it), at most CALIBRATIONS times (fewer once a file fits within CLOSE_ENOUGH of the target), and the
+    largest file that fits is kept. When no file fits
     (every prediction was optimistic), the file at STRENGTH_MAX must; when the kept file is under RATE_WINDOW x
     the target, bisection goes on over planned files, REAL_SEARCH_STEPS times, between its m and the largest m
     seen to overshoot.
