@@ -61,8 +61,8 @@ PREVIEW_CANDIDATES = 16  # the same on the latent's sample, which only ranks the
 PASSES = 4  # re-estimations of the code lengths in entropy-constrained VQ
 STRENGTH_MIN, STRENGTH_MAX = 1e-4, 300.0  # range of m searched (the file shrinks little beyond STRENGTH_MAX)
 SEARCH_STEPS = 8  # bisection steps on log m, on predicted sizes
-REAL_SEARCH_STEPS = 4  # further steps on real files when the predicted picks miss the rate window
-CALIBRATIONS = 2  # predicted bisections, each followed by a real file that recalibrates the prediction
+REAL_SEARCH_STEPS = 4  # further steps on planned files (Draft) when the predicted picks miss the rate window
+CALIBRATIONS = 2  # predicted bisections, each followed by a planned file that recalibrates the prediction
 CLOSE_ENOUGH = 0.98  # a fitting file of at least this fraction of the target ends the calibrations
 PREFIX_STRENGTH = 3.0  # strength m of the stages before the last (only the last stage's m is searched)
 RATE_WINDOW = 0.9  # options under this fraction of the target are used only when no other option fits
@@ -121,7 +121,8 @@ class Draft:
     def larger_than(self, other: Draft) -> bool:
         """Whether this file is larger than `other` (of the same image)."""
         if abs(self.size_bits - other.size_bits) < 2 * EXACT_MARGIN_BITS:
-            self.write(), other.write()
+            self.write()
+            other.write()
         return self.size_bits > other.size_bits
 
 
