@@ -5,6 +5,7 @@ import time
 
 import pytest
 import torch
+from torch import nn
 
 from raqcodec.data import CropSampler
 from raqcodec.models import RAQVAE, named_config
@@ -188,6 +189,28 @@ def test_nearest_candidates_agree_with_nearest_indices():
     assert torch.equal(cand[..., 0], nearest_indices(vectors, codebook))
     exact = ((vectors.unsqueeze(2) - codebook.unsqueeze(1)) ** 2).sum(-1)  # (G, N, n)
     assert torch.allclose(dist, exact.topk(16, dim=-1, largest=False).values, atol=1e-4)
+
+
+@pytest.mark.parametrize("cin, cout, kernel, stride, padding, output_padding", [
+    (16, 3, 5, 2, 2, 1),  # the GDN backbone's output layer
+    (16, 3, 8, 4, 2, 0),  # the paper backbone's output layer (asymmetric phase window: padded before the conv)
+    (6, 5, 4, 2, 1, 0),
+])
+def test_polyphase_transposed_convolution_matches_the_parent(cin, cout, kernel, stride, padding, output_padding):
+    from raqcodec.models.transforms import PolyphaseConvTranspose2d
+
+    torch.manual_seed(0)
+    layer = PolyphaseConvTranspose2d(cin, cout, kernel, stride=stride, padding=padding, output_padding=output_padding)
+    assert layer._polyphase_shape()
+    x = torch.randn(2, cin, 7, 10).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(layer(x), nn.ConvTranspose2d.forward(layer, x))  # with autograd (training): the parent's
+    with torch.no_grad():
+        fast, plain = layer(x), nn.ConvTranspose2d.forward(layer, x)
+        assert fast.shape == plain.shape
+        torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(fast, plain)  # the phase convolution ran (its float32 sums round differently)
+        layer.double()  # the exact decoder's float64: the parent's
+        assert torch.equal(layer(x.double()), nn.ConvTranspose2d.forward(layer, x.double()))
 
 
 def test_fast_gdn_inference_matches_gdn_and_chunks_do_not_change_it(monkeypatch):
