@@ -191,6 +191,25 @@ def test_nearest_candidates_agree_with_nearest_indices():
     assert torch.allclose(dist, exact.topk(16, dim=-1, largest=False).values, atol=1e-4)
 
 
+@pytest.mark.parametrize("lam", [0.0, 1e-6, 0.3, 3.0])
+def test_entropy_constrained_choice_equals_every_pass_done(lam):
+    """Stopping at a fixed point (a pass that keeps every choice) gives what all the passes give."""
+    from raqcodec.models.quantizer import entropy_constrained_indices
+
+    gen = torch.Generator().manual_seed(3)
+    vectors, codebook = torch.randn(2, 400, 4, generator=gen), torch.randn(2, 64, 4, generator=gen)
+    dist, cand = nearest_candidates(vectors, codebook, 8)
+    slot = torch.zeros(2, 400, 1, dtype=torch.long)
+    for _ in range(4 if lam > 0 else 0):
+        counts = torch.stack([torch.bincount(row, minlength=64) for row in cand.gather(2, slot)[..., 0]]).float()
+        bits = torch.log2(counts.sum(1, keepdim=True) + 0.5 * 64) - torch.log2(counts + 0.5)
+        slot = (dist + lam * bits.gather(1, cand.flatten(1)).reshape(cand.shape)).argmin(-1, keepdim=True)
+    indices, sq_dist = entropy_constrained_indices(dist, cand, 64, lam, 4)
+    assert torch.equal(indices, cand.gather(2, slot)[..., 0])
+    assert torch.equal(sq_dist, dist.gather(2, slot)[..., 0])
+    assert lam < 0.3 or not torch.equal(indices, cand[..., 0])  # a strong lam moves choices off the nearest
+
+
 @pytest.mark.parametrize("cin, cout, kernel, stride, padding, output_padding", [
     (16, 3, 5, 2, 2, 1),  # the GDN backbone's output layer
     (16, 3, 8, 4, 2, 0),  # the paper backbone's output layer (asymmetric phase window: padded before the conv)

