@@ -68,7 +68,8 @@ class Worker:
         hello = json.loads(self.proc.stdout.readline())
         self.package, self.allocator = hello["package"], hello["allocator"]
 
-    def encode(self, path: Path, bpp: float, decompress: bool) -> dict:
+    def time_coding(self, path: Path, bpp: float, decompress: bool) -> dict:
+        """The worker's answer for one image: its encode timed, and its decode too when `decompress`."""
         self.proc.stdin.write(json.dumps({"path": str(path), "bpp": bpp, "decompress": decompress}) + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
@@ -106,7 +107,7 @@ def main() -> None:
     rows = []
     for target in targets:
         for side in sides.values():
-            side.encode(paths[0], target, args.decompress)  # warm-up: this target's codebooks generated and cached
+            side.time_coding(paths[0], target, args.decompress)  # warm-up: this target's codebooks generated and cached
         measures = ("seconds", "decode_seconds") if args.decompress else ("seconds",)
         # per measure, side and image: seconds of each round
         times = {measure: {name: [[] for _ in paths] for name in sides} for measure in measures}
@@ -114,7 +115,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for i, path in enumerate(paths):
                 order = list(sides) if i % 2 == 0 else list(sides)[::-1]
-                results = {name: sides[name].encode(path, target, args.decompress) for name in order}
+                results = {name: sides[name].time_coding(path, target, args.decompress) for name in order}
                 for measure in measures:
                     for name, result in results.items():
                         times[measure][name][i].append(result[measure])
