@@ -72,11 +72,11 @@ force_option = click.option("--force", is_flag=True, help="Overwrite existing ou
 
 def _pairs(src: Path, dst: Path, suffix: str) -> list[tuple[Path, Path]]:
     """(input, output) pairs: one file, or every image/.raq file of a folder into an output folder."""
-    from raqcodec.data import IMAGE_SUFFIXES
-
     if not src.exists():
         raise CodecError(f"no such file or folder: {src}")
     if src.is_dir():
+        from raqcodec.data import IMAGE_SUFFIXES  # imports torch: only for a folder of images to compress
+
         wanted = IMAGE_SUFFIXES if suffix == ".raq" else {".raq"}
         files = sorted(p for p in src.iterdir() if p.is_file() and p.suffix.lower() in wanted)
         if not files:
@@ -191,14 +191,14 @@ def decompress(source: Path, output: Path, model_path: str | None, device: str, 
     SOURCE and OUTPUT may be - (stdin / stdout; PNG on stdout)."""
     from tqdm import tqdm
 
-    from raqcodec.codec import decompress as decode
-    from raqcodec.codec import get_model
     from raqcodec.image_io import png_bytes, save_image_atomic
 
-    model = get_model(model_path, device)
-    if STDIO in (source, output):
+    stdio = STDIO in (source, output)
+    pairs = [] if stdio else _pairs(source, output, ".png")
+    decode = _decoder(model_path, device, exact, one_file=stdio or len(pairs) == 1)
+    if stdio:
         start = time.perf_counter()
-        image = decode(sys.stdin.buffer.read() if source == STDIO else _read(source), model=model, exact=exact)
+        image = decode(sys.stdin.buffer.read() if source == STDIO else _read(source))
         if output == STDIO:
             _write_output(png_bytes(image), output, force)
         else:
@@ -206,12 +206,32 @@ def decompress(source: Path, output: Path, model_path: str | None, device: str, 
         name = "<stdin>" if source == STDIO else source.name
         click.echo(f"{name}: {image.width}x{image.height} time={time.perf_counter() - start:.2f}s", err=True)
         return
-    pairs = _pairs(source, output, ".png")
     for src, dst in tqdm(pairs, desc="decompress", disable=len(pairs) == 1, file=sys.stderr):
         start = time.perf_counter()
-        image = decode(_read(src), model=model, exact=exact)
+        image = decode(_read(src))
         save_image_atomic(image, dst, force=force)
         click.echo(f"{src.name}: {image.width}x{image.height} time={time.perf_counter() - start:.2f}s")
+
+
+def _decoder(model_path: str | None, device: str, exact: bool, one_file: bool):
+    """A function .raq bytes -> PIL image for `raq decompress`.
+
+    One file decoded on the CPU without --exact goes to the numpy decoder (numpy_decoder.py), so the command
+    never imports torch (3 to 4.5 s of a whole command on the 2-core machine); its pixels may differ from the
+    torch decoder's by one level of 255 (docs/FORMAT.md, Conformance). Torch decodes otherwise: --exact,
+    --device cuda, auto where a GPU driver is present, a model the numpy decoder does not implement, and a
+    folder of files, where torch's faster layers repay its start-up within a few files.
+    """
+    from raqcodec.numpy_decoder import NumpyDecoder, cuda_may_be_present
+
+    if one_file and not exact and (device == "cpu" or (device == "auto" and not cuda_may_be_present())):
+        decoder = NumpyDecoder.load(model_path)
+        if decoder is not None:
+            return decoder.decompress
+    from raqcodec.codec import decompress, get_model
+
+    model = get_model(model_path, device)
+    return lambda data: decompress(data, model=model, exact=exact)
 
 
 def _read(path: Path) -> bytes:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from raqcodec import bitstream, entropy
+from raqcodec import bitstream, compatibility, entropy
 from raqcodec.allocator import image_memory
 from raqcodec.errors import CodecError
 from raqcodec.image_io import load_image, pad_to_multiple, to_pil, to_tensor, to_uint8
@@ -97,13 +97,7 @@ def setting_label(setting: Setting) -> str:
 
 def check_setting(model: RAQVAE, setting: Setting) -> None:
     """CodecError unless the model has that many stages and every eK is in its range."""
-    cfg = model.cfg
-    if len(setting) > cfg.stages:
-        raise CodecError(f"{len(setting)} codebook sizes given, but the model has {cfg.stages} stage(s)")
-    for size in setting:
-        if not cfg.min_codebook_size <= size <= cfg.max_codebook_size:
-            raise CodecError(f"codebook size {size} is outside the model's range "
-                             f"{cfg.min_codebook_size}..{cfg.max_codebook_size}")
+    compatibility.check_setting(model.cfg, setting)
 
 
 ENTROPY_MODELS = (entropy.UNIFORM, entropy.ADAPTIVE, entropy.CONTEXT)
@@ -260,13 +254,7 @@ def read_header(data: bytes) -> bitstream.Header:
 
 def check_compatible(model: RAQVAE, header: bitstream.Header) -> None:
     """CodecError unless the file was written by this model."""
-    cfg = model.cfg
-    if header.model_fingerprint != model_fingerprint(model):
-        raise CodecError("this .raq file was written with a different model "
-                         f"(fingerprint {header.model_fingerprint.hex()}, model has {model_fingerprint(model).hex()})")
-    if (header.groups, header.downsample) != (cfg.groups, cfg.downsample):
-        raise CodecError("this .raq file's latent layout does not match the model")
-    check_setting(model, header.codebook_sizes)
+    compatibility.check_header(model.cfg, model_fingerprint(model), header)
 
 
 @torch.no_grad()

@@ -13,14 +13,15 @@ import secrets
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from raqcodec.errors import CodecError
+
+if TYPE_CHECKING:  # torch is imported by the three functions that need it: reading and writing images does not
+    import torch
 
 MAX_PIXELS = 2**27
 """Largest image accepted (width * height), checked before any pixel is decoded."""
@@ -240,6 +241,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     Pads at the bottom and right by repeating the edge pixels (works for 1-pixel images,
     unlike reflection). Crop back with ``y[..., :H, :W]``.
     """
+    import torch.nn.functional as F
+
     if x.dim() != 4 or multiple < 1:
         raise CodecError(f"pad_to_multiple needs (B, C, H, W) and multiple >= 1: {tuple(x.shape)} {multiple}")
     pad_h = -x.shape[2] % multiple
@@ -251,6 +254,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 
 def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 in [0, 255] -> float32 (1, 3, H, W) in [0, 1]."""
+    import torch
+
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         raise CodecError(f"pixels must be uint8 (H, W, 3), got {pixels.dtype} {pixels.shape}")
     return torch.tensor(pixels).permute(2, 0, 1).unsqueeze(0).float().div(255.0).contiguous()
@@ -260,5 +265,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(1, 3, H, W) float in [0, 1] (clamped, rounded) -> (H, W, 3) uint8 in [0, 255]."""
     if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise CodecError(f"expected a (1, 3, H, W) tensor, got {tuple(x.shape)}")
+    import torch
+
     scaled = x.detach()[0].clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
     return scaled.permute(1, 2, 0).contiguous().cpu().numpy()

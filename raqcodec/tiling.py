@@ -1,25 +1,16 @@
 """Bounded-memory transforms: run g_a / g_s over tiles of the latent grid with a halo, and stitch.
 
 A tile covers TILE x TILE latent positions (TILE*f pixels) plus HALO positions of context on each side; only the
-centre is kept. The tiling depends on the image size alone, so encoder and decoder always agree, and an image
-whose latent fits in one tile is transformed whole.
+centre is kept (tile_grid.py: the same tiling for the encoder and both decoders).
 """
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 
-TILE = 160  # latent positions per tile side (1280 pixels at f=8: a 1280x960 photo in one piece; 96 decoded
-# that photo in 1.27 s instead of 1.09 s, for 190 MB less peak memory)
-HALO = 8  # latent positions of context around each tile
-
-
-def _boxes(height: int, width: int) -> Iterator[tuple[int, int, int, int]]:
-    for y0 in range(0, height, TILE):
-        for x0 in range(0, width, TILE):
-            yield y0, min(y0 + TILE, height), x0, min(x0 + TILE, width)
+from raqcodec.tile_grid import HALO, TILE, halo_box, tile_boxes
 
 
 def _tiled(fn: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor, latent_hw: tuple[int, int],
@@ -41,8 +32,8 @@ def _tiles(fn: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor, latent
     if h <= TILE and w <= TILE:
         return fn(inp).contiguous()
     out = torch.empty(inp.shape[0], out_channels, h * out_scale, w * out_scale, device=inp.device)
-    for y0, y1, x0, x1 in _boxes(h, w):
-        ya, yb, xa, xb = max(0, y0 - HALO), min(h, y1 + HALO), max(0, x0 - HALO), min(w, x1 + HALO)
+    for y0, y1, x0, x1 in tile_boxes(h, w, TILE):
+        ya, yb, xa, xb = halo_box((y0, y1, x0, x1), h, w, HALO)
         part = fn(inp[:, :, ya * in_scale:yb * in_scale, xa * in_scale:xb * in_scale])
         out[:, :, y0 * out_scale:y1 * out_scale, x0 * out_scale:x1 * out_scale] = part[
             :, :, (y0 - ya) * out_scale:(y1 - ya) * out_scale, (x0 - xa) * out_scale:(x1 - xa) * out_scale]

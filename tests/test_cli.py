@@ -160,9 +160,10 @@ def test_pipe_round_trip_in_a_subprocess(tiny_model, photo, tmp_path):
     decoded = subprocess.run([*raq, "decompress", "-", "-", *model], input=coded.stdout, capture_output=True,
                              check=True)
     (tmp_path / "out.png").write_bytes(decoded.stdout)
-    with Image.open(tmp_path / "out.png") as img:
+    with Image.open(tmp_path / "out.png") as img:  # the numpy decoder: within one level of the torch decoder
         assert img.format == "PNG"
-        assert img.tobytes() == raqcodec.decompress(coded.stdout, model=tiny_model).tobytes()
+        piped = np.asarray(img, dtype=np.int16)
+        assert np.abs(piped - np.asarray(raqcodec.decompress(coded.stdout, model=tiny_model))).max() <= 1
     bad = subprocess.run([*raq, "decompress", "-", "-", *model], input=b"not a raq file", capture_output=True)
     assert bad.returncode == 1 and bad.stdout == b"" and bad.stderr.decode().count("\n") == 1
 
