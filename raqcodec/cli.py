@@ -189,8 +189,6 @@ def _write_output(data: bytes, output: Path, force: bool) -> None:
 def decompress(source: Path, output: Path, model_path: str | None, device: str, force: bool, exact: bool) -> None:
     """Decompress a .raq file (or a folder of them) to an image (PNG unless the extension says otherwise).
     SOURCE and OUTPUT may be - (stdin / stdout; PNG on stdout)."""
-    from tqdm import tqdm
-
     from raqcodec.image_io import png_bytes, save_image_atomic
 
     stdio = STDIO in (source, output)
@@ -206,7 +204,11 @@ def decompress(source: Path, output: Path, model_path: str | None, device: str, 
         name = "<stdin>" if source == STDIO else source.name
         click.echo(f"{name}: {image.width}x{image.height} time={time.perf_counter() - start:.2f}s", err=True)
         return
-    for src, dst in tqdm(pairs, desc="decompress", disable=len(pairs) == 1, file=sys.stderr):
+    if len(pairs) > 1:  # a progress bar for a folder (tqdm takes 0.05 s to import)
+        from tqdm import tqdm
+
+        pairs = tqdm(pairs, desc="decompress", file=sys.stderr)
+    for src, dst in pairs:
         start = time.perf_counter()
         image = decode(_read(src))
         save_image_atomic(image, dst, force=force)

@@ -159,9 +159,12 @@ class NumpyDecoder:
         y.buffer += x.buffer
         x = y
         steps = self.cfg.downsample.bit_length() - 1
-        for i in range(steps):
-            igdn = _gdn_parameters(s, f"g_s.{3 + 2 * i}.") if i < steps - 1 else None
-            x = numpy_layers.deconv2d(x, s[f"g_s.{2 + 2 * i}.weight"], s[f"g_s.{2 + 2 * i}.bias"], igdn)
+        layers = [numpy_layers.TransposedConv(s[f"g_s.{2 + 2 * i}.weight"], s[f"g_s.{2 + 2 * i}.bias"],
+                                              _gdn_parameters(s, f"g_s.{3 + 2 * i}.") if i < steps - 1 else None)
+                  for i in range(steps)]
+        for layer in layers[:-2]:
+            x = layer(x)
+        x = numpy_layers.upsample_pair(x, *layers[-2:]) if steps >= 2 else layers[0](x)
         return x.interior
 
     def synthesis(self, z: np.ndarray) -> np.ndarray:
@@ -187,5 +190,6 @@ class NumpyDecoder:
         indices = entropy.decode_stages(payload, header.latent_shape, list(header.codebook_sizes),
                                         header.entropy_model)
         x_hat = self.synthesis(self.latent(indices, header.codebook_sizes))[:header.height, :header.width]
-        pixels = np.rint(np.clip(x_hat, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
-        return to_pil(pixels, header.color_mode)
+        np.clip(x_hat, 0.0, 1.0, out=x_hat)  # in place, as image_io.to_uint8: clamp, scale, round half to even
+        x_hat *= np.float32(255.0)
+        return to_pil(np.rint(x_hat, out=x_hat).astype(np.uint8), header.color_mode)

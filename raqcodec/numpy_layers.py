@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 CHUNK_ELEMENTS = 1 << 20  # patch-matrix elements per chunk of rows (4 MB of float32)
-STACKED_PHASES_MAX_OUT = 16  # deconv2d: layers of at most this many outputs compute the four phases at once
-SMALL_CHUNK_ROWS = 32768  # deconv2d of few outputs: input positions per chunk (16 MB at 128 channels)
+STACKED_PHASES_MAX_OUT = 16  # TransposedConv: layers of at most this many outputs compute the four phases at once
+SMALL_CHUNK_ROWS = 32768  # TransposedConv of few outputs: input positions per chunk (16 MB at 128 channels)
 LEAKY_SLOPE = 0.01  # torch.nn.LeakyReLU's default, as the residual block uses
 
 
@@ -123,57 +123,92 @@ def _phase_matrix(weight: np.ndarray, ry: int, rx: int, a: int, b: int) -> np.nd
     return matrix.reshape((b - a) * cin, cout)
 
 
-def deconv2d(x: Padded, weight: np.ndarray, bias: np.ndarray,
-             igdn: tuple[np.ndarray, np.ndarray] | None = None) -> Padded:
-    """ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1) as torch's: x (H, W, C_in), weight (C_in,
-    C_out, 5, 5), bias (C_out,) -> (2H, 2W, C_out); then, if given (beta, gamma), IGDN (see `gdn`), applied to
-    each chunk of output rows while it is in cache.
+class TransposedConv:
+    """ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1) as torch's, with its matrices prepared once:
+    weight (C_in, C_out, 5, 5), bias (C_out,); then, if given (beta, gamma), IGDN (see `gdn`), applied to each
+    chunk of output rows while it is in cache.
 
     Wide layers run one matrix product per phase over its own taps (25 taps in all: no zero terms). Layers of
     at most STACKED_PHASES_MAX_OUT outputs run one product of every input position with all nine offsets' taps
     of all four phases (zeros where a phase has no tap), whose shifted rows are then summed: a product with
     C_out = 3 columns runs far below the BLAS's peak, one with 9 x 4 x 3 nearer it.
     """
-    h, w, cin = x.height, x.width, x.channels
-    cout = weight.shape[1]
-    if weight.shape[2:] != (5, 5):
-        raise ValueError(f"deconv2d supports 5x5 kernels, got {weight.shape[2:]}")
-    flat, wp = x.flat, x.row_width
-    offsets = [(dy + 1) * wp + dx + 1 for dy, dx in _DECONV_OFFSETS]
-    out = Padded(2 * h, 2 * w, cout)
-    # out[2q + ry, 2p + rx] of the rows 2 r0 .. 2 r1 as (q, ry, p, rx, c)
-    rows = lambda r0, r1: out.buffer[1 + 2 * r0:1 + 2 * r1, 1:2 * w + 1].reshape(r1 - r0, 2, w, 2, cout)
-    if cout <= STACKED_PHASES_MAX_OUT:
-        stacked = np.zeros((9 * cin, 2, 2, cout), dtype=np.float32)
-        for (ry, rx), (a, b) in _PHASE_RANGES.items():
-            stacked[a * cin:b * cin, ry, rx] = _phase_matrix(weight, ry, rx, a, b)
-        # One product gives every input position's contribution through each offset (rows t * 4 C_out ...);
-        # shifted sums of its rows place them.
-        by_offset = np.ascontiguousarray(stacked.reshape(9, cin, 4 * cout).transpose(0, 2, 1)).reshape(-1, cin)
-        reach = max(offsets)
-        step = max(1, SMALL_CHUNK_ROWS // wp)
-        chunks = [(r, min(r + step, h)) for r in range(0, h, step)]
-    else:
-        phases = [(ry, rx, a, b, _phase_matrix(weight, ry, rx, a, b)) for (ry, rx), (a, b) in _PHASE_RANGES.items()]
-        chunks = _row_chunks(h, wp, 9 * cin)
-        buffer = np.empty(((chunks[0][1] - chunks[0][0]) * wp, 9 * cin), dtype=np.float32)
-    for r0, r1 in chunks:
-        start, count = r0 * wp, (r1 - r0) * wp
-        if cout <= STACKED_PHASES_MAX_OUT:
-            contributions = (by_offset @ flat[start:start + count + reach].T).reshape(9, 4 * cout, -1)
-            part = contributions[0, :, offsets[0]:offsets[0] + count].copy()
-            for t, offset in enumerate(offsets[1:], 1):
-                part += contributions[t, :, offset:offset + count]
-            part = part.reshape(2, 2, cout, r1 - r0, wp)[..., :w].transpose(3, 0, 4, 1, 2)
-            np.add(part, bias, out=rows(r0, r1))
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, igdn: tuple[np.ndarray, np.ndarray] | None = None):
+        if weight.shape[2:] != (5, 5):
+            raise ValueError(f"TransposedConv supports 5x5 kernels, got {weight.shape[2:]}")
+        self.in_channels, self.out_channels = weight.shape[:2]
+        self.bias, self.igdn = bias, igdn
+        cin, cout = self.in_channels, self.out_channels
+        self.stacked = cout <= STACKED_PHASES_MAX_OUT
+        if self.stacked:
+            stacked = np.zeros((9 * cin, 2, 2, cout), dtype=np.float32)
+            for (ry, rx), (a, b) in _PHASE_RANGES.items():
+                stacked[a * cin:b * cin, ry, rx] = _phase_matrix(weight, ry, rx, a, b)
+            # rows t * 4 C_out ...: every input position's contribution through offset t
+            self.by_offset = np.ascontiguousarray(stacked.reshape(9, cin, 4 * cout).transpose(0, 2, 1)).reshape(-1, cin)
         else:
-            patch = _patches(flat, offsets, start, count, buffer)
-            target = rows(r0, r1)
-            for ry, rx, a, b, matrix in phases:
-                product = patch[:, a * cin:b * cin] @ matrix
-                np.add(product.reshape(r1 - r0, wp, cout)[:, :w], bias, out=target[:, ry, :, rx])
-        if igdn is not None:  # whole buffer rows: their border pixels are zero and stay zero
-            gdn(out.flat[(1 + 2 * r0) * out.row_width:(1 + 2 * r1) * out.row_width], *igdn, inverse=True)
+            self.phases = [(ry, rx, a, b, _phase_matrix(weight, ry, rx, a, b)) for (ry, rx), (a, b) in _PHASE_RANGES.items()]
+
+    def __call__(self, x: Padded) -> Padded:
+        """x (H, W, C_in) -> (2H, 2W, C_out)."""
+        out = Padded(2 * x.height, 2 * x.width, self.out_channels)
+        self.rows(x.flat, x.width, 0, 0, x.height, out.buffer, 1)
+        return out
+
+    def rows(self, flat: np.ndarray, width: int, top: int, q0: int, q1: int, target: np.ndarray, target_row: int):
+        """Output rows 2 q0 .. 2 q1 from input rows q0 .. q1 - 1, into target (rows, 2 width + 2, C_out) from
+        row target_row on, columns 1 .. 2 width (its other columns are left alone).
+
+        flat: a padded input, rows of width + 2 pixels flattened, whose row 1 + q - top holds input row q (the
+        rows q0 - 1 .. q1 and one more, for the slices of the last row's taps, must be there; zero outside the
+        image).
+        """
+        cin, cout, wp = self.in_channels, self.out_channels, width + 2
+        offsets = [(1 + dy + (q0 - top)) * wp + dx + 1 for dy, dx in _DECONV_OFFSETS]  # relative to row q0 - 1
+        if self.stacked:
+            step = max(1, SMALL_CHUNK_ROWS // wp)
+            chunks = [(r, min(r + step, q1)) for r in range(q0, q1, step)]
+        else:
+            chunks = [(q0 + a, q0 + b) for a, b in _row_chunks(q1 - q0, wp, 9 * cin)]
+            buffer = np.empty(((chunks[0][1] - chunks[0][0]) * wp, 9 * cin), dtype=np.float32)
+        for r0, r1 in chunks:
+            start, count = (r0 - q0) * wp, (r1 - r0) * wp
+            first = target_row + 2 * (r0 - q0)
+            # output rows 2 r0 .. 2 r1 as (q, ry, p, rx, c): out[2q + ry, 2p + rx]
+            rows = target[first:first + 2 * (r1 - r0), 1:2 * width + 1].reshape(r1 - r0, 2, width, 2, cout)
+            if self.stacked:
+                contributions = (self.by_offset @ flat[start:start + count + max(offsets)].T).reshape(9, 4 * cout, -1)
+                part = contributions[0, :, offsets[0]:offsets[0] + count].copy()
+                for t, offset in enumerate(offsets[1:], 1):
+                    part += contributions[t, :, offset:offset + count]
+                part = part.reshape(2, 2, cout, r1 - r0, wp)[..., :width].transpose(3, 0, 4, 1, 2)
+                np.add(part, self.bias, out=rows)
+            else:
+                patch = _patches(flat, offsets, start, count, buffer)
+                for ry, rx, a, b, matrix in self.phases:
+                    product = patch[:, a * cin:b * cin] @ matrix
+                    np.add(product.reshape(r1 - r0, wp, cout)[:, :width], self.bias, out=rows[:, ry, :, rx])
+            if self.igdn is not None:  # whole target rows: their border pixels are zero and stay zero
+                gdn(target[first:first + 2 * (r1 - r0)], *self.igdn, inverse=True)
+
+
+def upsample_pair(x: Padded, first: TransposedConv, second: TransposedConv, band_rows: int = 32) -> Padded:
+    """second(first(x)) without first's whole output: first's output is made band_rows input rows at a time
+    (plus one row pair on each side, for second's taps) into one reused band buffer, and second runs on the band.
+    The largest layer of the synthesis, 157 MB for a 1280x960 image, then takes a band of about 22 MB. x (H, W,
+    C) -> (4H, 4W, second's C_out)."""
+    h, w, mid = x.height, x.width, first.out_channels
+    out = Padded(4 * h, 4 * w, second.out_channels)
+    band = np.zeros((2 * band_rows + 5, 2 * w + 2, mid), dtype=np.float32)  # row j: first's output row 2 q0 - 2 + j
+    for q0 in range(0, h, band_rows):
+        q1 = min(q0 + band_rows, h)
+        a, b = max(q0 - 1, 0), min(q1 + 1, h)  # first's input rows: its output rows 2a .. 2b cover 2 q0 - 1 .. 2 q1
+        low, high = 2 * a - (2 * q0 - 2), 2 * b - (2 * q0 - 2)  # band rows written
+        band[:low] = 0  # above the image: second's zero padding
+        band[high:] = 0  # below it, and the spare row
+        first.rows(x.flat, w, 0, a, b, band, low)
+        second.rows(band.reshape(-1, mid), 2 * w, 2 * q0 - 1, 2 * q0, 2 * q1, out.buffer, 1 + 4 * q0)
     return out
 
 

@@ -61,7 +61,7 @@ def test_layers_match_torch(cin, cout, height, width):
         expected = [conv(x), point(x), deconv(x)]
     got = [numpy_layers.conv3x3(padded, conv.weight.detach().numpy(), conv.bias.detach().numpy()),
            numpy_layers.pointwise_conv(channels_last(x), point.weight.detach().numpy(), point.bias.detach().numpy()),
-           numpy_layers.deconv2d(padded, deconv.weight.detach().numpy(), deconv.bias.detach().numpy())]
+           numpy_layers.TransposedConv(deconv.weight.detach().numpy(), deconv.bias.detach().numpy())(padded)]
     for want, have in zip(expected, got):
         assert np.allclose(have.interior, channels_last(want), atol=1e-5)
         border = have.buffer.copy()
@@ -77,8 +77,8 @@ def test_deconv_with_igdn_matches_torch():
         igdn.gamma.add_(0.05 * torch.rand(16, 16))
         expected = igdn(deconv(x))
         beta, gamma = igdn.beta_reparam(igdn.beta).numpy(), igdn.gamma_reparam(igdn.gamma).numpy()
-    got = numpy_layers.deconv2d(numpy_layers.Padded.of(channels_last(x)), deconv.weight.detach().numpy(),
-                                deconv.bias.detach().numpy(), igdn=(beta, gamma))
+    layer = numpy_layers.TransposedConv(deconv.weight.detach().numpy(), deconv.bias.detach().numpy(), (beta, gamma))
+    got = layer(numpy_layers.Padded.of(channels_last(x)))
     assert np.allclose(got.interior, channels_last(expected), atol=1e-5)
     assert np.allclose(numpy_decoder._gdn_parameters(
         {f"g.{k}": v.detach().numpy() for k, v in igdn.state_dict().items()}, "g.")[1], gamma)
@@ -136,3 +136,18 @@ def test_decompress_command_runs_without_torch(tiny_model, tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "False"
     decoded = np.asarray(raqcodec.decompress(data, model=tiny_model), dtype=np.int16)
     assert np.abs(np.asarray(Image.open(tmp_path / "a.png"), dtype=np.int16) - decoded).max() <= 1
+
+
+@pytest.mark.parametrize("band_rows", [1, 2, 3, 7, 32])
+def test_upsampling_in_bands_equals_the_two_layers(band_rows):
+    rng = np.random.default_rng(2)
+    x = numpy_layers.Padded.of(rng.standard_normal((7, 5, 12)).astype(np.float32))
+    gamma = np.abs(rng.standard_normal((10, 10))).astype(np.float32) * 0.1
+    first = numpy_layers.TransposedConv(rng.standard_normal((12, 10, 5, 5)).astype(np.float32) * 0.2,
+                                        rng.standard_normal(10).astype(np.float32), (np.ones(10, np.float32), gamma))
+    second = numpy_layers.TransposedConv(rng.standard_normal((10, 3, 5, 5)).astype(np.float32) * 0.2,
+                                         rng.standard_normal(3).astype(np.float32))
+    whole = second(first(x))
+    banded = numpy_layers.upsample_pair(x, first, second, band_rows=band_rows)
+    assert banded.buffer.shape == whole.buffer.shape == (28 + 3, 20 + 2, 3)
+    assert np.allclose(banded.buffer, whole.buffer, atol=1e-4)
