@@ -15,6 +15,10 @@ elsewhere with --against DIR compares its own files with those bytes and decodes
 
 --precision float64 decodes as `raq decompress --exact` does (codec.exact_decoder): does it give the same pixels
 everywhere, and at what cost?
+
+--numpy also decodes every file with the torch-free decoder that `raq decompress` runs for one file on a CPU
+(numpy_decoder.py; timed, s/MP, after the torch decodes) and compares its pixels with the first thread count's,
+and both decoders' PSNR against the source image.
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ import raqcodec
 from raqcodec import bitstream, entropy
 from raqcodec.codec import encode, exact_decoder, get_model
 from raqcodec.data import list_images
+from raqcodec.image_io import load_image
+from raqcodec.metrics import psnr
+from raqcodec.numpy_decoder import NumpyDecoder
 
 
 def main() -> None:
@@ -44,11 +51,13 @@ def main() -> None:
     parser.add_argument("--against", default=None, help="a --save folder of another environment")
     parser.add_argument("--precision", choices=["float32", "float64"], default="float32",
                         help="decoder arithmetic (float64: decompress(exact=True), raq decompress --exact)")
+    parser.add_argument("--numpy", action="store_true", help="compare the torch-free decoder with torch's")
     args = parser.parse_args()
     model = get_model(args.model, "auto")
     decoder = model if args.precision == "float32" else exact_decoder(model)
     threads = [int(t) for t in args.threads.split(",")]
     settings = args.settings.split(",")
+    sources = [path for path in list_images(args.folder) for _ in settings]
     files = [encode(path, codebook_size=setting, model=model).data
              for path in list_images(args.folder) for setting in settings]
     megapixels = sum(header.width * header.height for header in map(raqcodec.read_header, files)) / 1e6
@@ -77,6 +86,9 @@ def main() -> None:
     doc = {"folder": str(args.folder), "settings": settings, "torch": torch.__version__,
            "device": str(model.base.embed.device), "precision": args.precision,
            "decode_seconds_per_megapixel_by_threads": seconds_per_megapixel, "comparisons": rows}
+    if args.numpy:
+        doc["numpy_decoder"] = compare_numpy_decoder(args.model, files, sources, [pixels for _, pixels in reference],
+                                                     megapixels)
     if args.save:
         save_run(Path(args.save), files, [pixels for _, pixels in reference])
     if args.against:
@@ -101,6 +113,25 @@ def compare_with_saved(folder: Path, files: list[bytes], model) -> dict:
                     - np.asarray(Image.open(folder / f"{i:04d}.png"), dtype=np.int16)) for i, data in enumerate(theirs)]
     return {"saved_torch": (folder / "torch.txt").read_text().strip(), "files": len(files),
             "files_with_different_bytes": sum(a != b for a, b in zip(files, theirs)), **pixel_differences(diffs)}
+
+
+def compare_numpy_decoder(model_path: str | None, files: list[bytes], sources: list[str],
+                          torch_pixels: list[np.ndarray], megapixels: float) -> dict:
+    """The numpy decoder's pixels against the torch decoder's, its decoding time, and the PSNR (dB) of both
+    against the source images."""
+    decoder = NumpyDecoder.load(model_path)
+    seconds, diffs, psnr_changes = 0.0, [], []
+    for data, source, theirs in zip(files, sources, torch_pixels):
+        start = time.perf_counter()
+        image = decoder.decompress(data)
+        seconds += time.perf_counter() - start
+        ours = np.asarray(image, dtype=np.int16)
+        diffs.append(np.abs(ours - theirs))
+        original = load_image(source)[0]  # (H, W, 3) uint8, as the codec coded it
+        psnr_changes.append(psnr(ours, original) - psnr(theirs, original))
+    return {"decode_seconds_per_megapixel": round(seconds / megapixels, 3), "vs_torch": pixel_differences(diffs),
+            "psnr_change_db": {"min": round(min(psnr_changes), 6), "max": round(max(psnr_changes), 6),
+                               "mean": round(float(np.mean(psnr_changes)), 6)}}
 
 
 def pixel_differences(diffs: list[np.ndarray]) -> dict:
