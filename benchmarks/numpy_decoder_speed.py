@@ -1,7 +1,8 @@
 """Decoding seconds per megapixel of the torch-free decoder (what `raq decompress` runs for one file on a CPU)
 against the torch decoder (the Python API), model loaded and codebooks cached, on the same files.
 
-    .venv/bin/python benchmarks/numpy_decoder_speed.py ../shared/data/kodak --json benchmarks/results/numpy_decoder_speed.json
+    .venv/bin/python benchmarks/numpy_decoder_speed.py ../shared/data/kodak \
+        --json benchmarks/results/numpy_decoder_speed.json
 
 Every image is encoded by this process at each --settings eK and each --targets bpp. Then, --rounds times, one
 worker process per decoder (numpy first, then torch; each keeps freed memory as `raq` does, and the numpy

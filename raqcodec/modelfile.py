@@ -5,7 +5,6 @@ A model file is a `torch.save` dict (loaded with weights_only=True, so it cannot
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -15,10 +14,8 @@ import torch
 
 from raqcodec.errors import CodecError
 from raqcodec.models import RAQVAE, ModelConfig
-
-MODEL_FORMAT = "raqcodec-model"
-MODEL_FORMAT_VERSION = 1
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "raq-default.pt"
+from raqcodec.weightfile import (DEFAULT_MODEL_PATH, MODEL_FORMAT, MODEL_FORMAT_VERSION, check_model_payload,
+                                 state_fingerprint)
 
 
 def fingerprint(model: RAQVAE) -> bytes:
@@ -27,11 +24,8 @@ def fingerprint(model: RAQVAE) -> bytes:
     Written into each .raq header, so a file from another model is refused rather than mis-decoded. Only the
     weights count (not the config dict), so a config field added later does not change old models' fingerprints.
     """
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.digest()[:8]
+    return state_fingerprint((name, tuple(tensor.shape), str(tensor.dtype), tensor.detach().cpu().contiguous().numpy())
+                             for name, tensor in model.state_dict().items())
 
 
 def save_model(model: RAQVAE, path: str | os.PathLike, metadata: dict[str, Any]) -> None:
@@ -54,11 +48,7 @@ def read_model_file(path: str | os.PathLike) -> dict[str, Any]:
         raise CodecError(f"model file not found: {path}") from None
     except Exception as exc:  # torch raises many types for a non-model file
         raise CodecError(f"not a raqcodec model file: {path} ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise CodecError(f"not a raqcodec model file: {path}")
-    if payload.get("version") != MODEL_FORMAT_VERSION:
-        raise CodecError(f"model file version {payload.get('version')} is not supported: {path}")
-    return payload
+    return check_model_payload(payload, path)
 
 
 def load_model(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> RAQVAE:

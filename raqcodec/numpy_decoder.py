@@ -10,11 +10,9 @@ Only the "gdn" backbone is implemented; `supports` tells the caller when to use 
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -25,11 +23,8 @@ from raqcodec.errors import CodecError
 from raqcodec.image_io import to_pil
 from raqcodec.models.config import ModelConfig
 from raqcodec.tile_grid import HALO, TILE, halo_box, tile_boxes
-from raqcodec.weightfile import WeightArray, read_weight_file
-
-MODEL_FORMAT = "raqcodec-model"  # as modelfile.py (which imports torch)
-MODEL_FORMAT_VERSION = 1
-DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "raq-default.pt"
+from raqcodec.weightfile import (DEFAULT_MODEL_PATH, WeightArray, check_model_payload, read_weight_file,
+                                 state_fingerprint)
 
 
 def cuda_may_be_present() -> bool:
@@ -47,11 +42,7 @@ def supports(cfg: ModelConfig) -> bool:
 
 def fingerprint(state: dict[str, WeightArray]) -> bytes:
     """modelfile.fingerprint of a state dict read by weightfile: the same bytes hashed in the same order."""
-    h = hashlib.sha256()
-    for name, array in sorted(state.items()):
-        h.update(f"{name}:{tuple(array.shape)}:{array.torch_dtype}".encode())
-        h.update(np.ascontiguousarray(array).tobytes())
-    return h.digest()[:8]
+    return state_fingerprint((name, array.shape, array.torch_dtype, array) for name, array in state.items())
 
 
 class _Generator:
@@ -121,11 +112,7 @@ class NumpyDecoder:
         """From a model file (the shipped default when None); None when `supports` says no; CodecError when
         it is not a model file."""
         path = DEFAULT_MODEL_PATH if path is None else path
-        payload = read_weight_file(path)
-        if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-            raise CodecError(f"not a raqcodec model file: {path}")
-        if payload.get("version") != MODEL_FORMAT_VERSION:
-            raise CodecError(f"model file version {payload.get('version')} is not supported: {path}")
+        payload = check_model_payload(read_weight_file(path), path)
         try:
             cfg = ModelConfig.from_dict(payload["config"])
         except (TypeError, KeyError):

@@ -148,7 +148,8 @@ class TransposedConv:
             # rows t * 4 C_out ...: every input position's contribution through offset t
             self.by_offset = np.ascontiguousarray(stacked.reshape(9, cin, 4 * cout).transpose(0, 2, 1)).reshape(-1, cin)
         else:
-            self.phases = [(ry, rx, a, b, _phase_matrix(weight, ry, rx, a, b)) for (ry, rx), (a, b) in _PHASE_RANGES.items()]
+            self.phases = [(ry, rx, a, b, _phase_matrix(weight, ry, rx, a, b))
+                           for (ry, rx), (a, b) in _PHASE_RANGES.items()]
 
     def __call__(self, x: Padded) -> Padded:
         """x (H, W, C_in) -> (2H, 2W, C_out)."""

@@ -1,4 +1,6 @@
-"""Read a model file (the zip format of torch.save) with numpy alone, for the decoder that runs without torch.
+"""Model files without torch: their format constants, checks and fingerprint, and a reader of the zip format
+of torch.save with numpy alone, for the decoder that runs without torch (modelfile.py writes and loads model
+files with torch and shares the first three).
 
 torch.save writes a zip archive: <name>/data.pkl, a pickle of the saved object in which every tensor is a call
 torch._utils._rebuild_tensor_v2(storage, offset, shape, strides, requires_grad, hooks) and every storage a
@@ -9,15 +11,43 @@ torch.load(weights_only=True), a model file cannot run code; tensors come back a
 from __future__ import annotations
 
 import collections
+import hashlib
 import io
 import os
 import pickle
 import zipfile
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from raqcodec.errors import CodecError
+
+MODEL_FORMAT = "raqcodec-model"
+MODEL_FORMAT_VERSION = 1
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parent.parent / "models" / "raq-default.pt"
+
+
+def check_model_payload(payload: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """The dict a model file holds, {"format", "version", "config", "state_dict", "metadata"}; CodecError when
+    it is not a raqcodec model or of another version."""
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise CodecError(f"not a raqcodec model file: {path}")
+    if payload.get("version") != MODEL_FORMAT_VERSION:
+        raise CodecError(f"model file version {payload.get('version')} is not supported: {path}")
+    return payload
+
+
+def state_fingerprint(tensors: Iterable[tuple[str, tuple[int, ...], str, np.ndarray]]) -> bytes:
+    """8-byte SHA-256 prefix of a state dict given as (name, shape, torch dtype name, values): every tensor,
+    sorted by name, with its shape and dtype (modelfile.fingerprint says why)."""
+    h = hashlib.sha256()
+    for name, shape, dtype, values in sorted(tensors, key=lambda item: item[0]):
+        h.update(f"{name}:{tuple(shape)}:{dtype}".encode())
+        h.update(np.ascontiguousarray(values).tobytes())
+    return h.digest()[:8]
+
 
 # torch storage class -> (numpy dtype, the torch dtype's name as str(tensor.dtype) gives it)
 STORAGE_TYPES = {
