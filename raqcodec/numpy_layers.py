@@ -16,12 +16,68 @@ The same sums as torch's layers in another order: float32 results differ by roun
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 CHUNK_ELEMENTS = 1 << 20  # patch-matrix elements per chunk of rows (4 MB of float32)
 STACKED_PHASES_MAX_OUT = 16  # TransposedConv: layers of at most this many outputs compute the four phases at once
 SMALL_CHUNK_ROWS = 32768  # TransposedConv of few outputs: input positions per chunk (16 MB at 128 channels)
 LEAKY_SLOPE = 0.01  # torch.nn.LeakyReLU's default, as the residual block uses
+WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@functools.cache
+def _openblas_threads() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    """(set, get) of the thread count of the OpenBLAS numpy loaded, found among the process's mapped libraries
+    (Linux); None where there is none or it has no such functions."""
+    if not sys.platform.startswith("linux"):
+        return None
+    with open("/proc/self/maps") as maps:
+        paths = sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", maps.read())))
+    for path in paths:
+        library = ctypes.CDLL(path)
+        for suffix in ("64_", "", "_64_"):
+            for prefix in ("openblas", "scipy_openblas"):
+                setter = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    getter.restype = ctypes.c_int
+                    return (lambda n: setter(ctypes.c_int(n))), getter
+    return None
+
+
+def _parallel(jobs: list[Callable[[], None]]) -> None:
+    """Run the jobs on up to WORKERS threads with OpenBLAS single-threaded (numpy's products and copies release
+    the GIL), so that the copies and elementwise steps between products use every core too. One after the
+    other, with OpenBLAS's own threads, where there is one job or core, or OpenBLAS's thread count cannot be set.
+    Each job's result does not depend on the thread it ran on."""
+    blas = _openblas_threads() if len(jobs) > 1 and WORKERS > 1 else None
+    if blas is None:
+        for job in jobs:
+            job()
+        return
+    set_threads, get_threads = blas
+    previous = get_threads()
+    set_threads(1)
+    try:
+        with ThreadPoolExecutor(min(WORKERS, len(jobs))) as pool:
+            for future in [pool.submit(job) for job in jobs]:
+                future.result()
+    finally:
+        set_threads(previous)
+
+
+def _parts(start: int, stop: int, count: int) -> list[tuple[int, int]]:
+    """start..stop cut into at most `count` contiguous non-empty ranges of near-equal length."""
+    bounds = [start + (stop - start) * i // count for i in range(count + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
 class Padded:
@@ -94,11 +150,15 @@ def conv3x3(x: Padded, weight: np.ndarray, bias: np.ndarray) -> Padded:
     offsets = [ky * wp + kx for ky in range(3) for kx in range(3)]
     matrix = np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(9 * cin, cout))
     out = Padded(h, w, cout)
-    chunks = _row_chunks(h, wp, 9 * cin)
-    buffer = np.empty(((chunks[0][1] - chunks[0][0]) * wp, 9 * cin), dtype=np.float32)
-    for r0, r1 in chunks:
-        patch = _patches(flat, offsets, r0 * wp, (r1 - r0) * wp, buffer)
-        out.buffer[1 + r0:1 + r1, 1:w + 1] = (patch @ matrix + bias).reshape(r1 - r0, wp, cout)[:, :w]
+
+    def rows(first: int, last: int) -> None:
+        chunks = [(first + a, first + b) for a, b in _row_chunks(last - first, wp, 9 * cin)]
+        buffer = np.empty(((chunks[0][1] - chunks[0][0]) * wp, 9 * cin), dtype=np.float32)
+        for r0, r1 in chunks:
+            patch = _patches(flat, offsets, r0 * wp, (r1 - r0) * wp, buffer)
+            out.buffer[1 + r0:1 + r1, 1:w + 1] = (patch @ matrix + bias).reshape(r1 - r0, wp, cout)[:, :w]
+
+    _parallel([functools.partial(rows, a, b) for a, b in _parts(0, h, WORKERS)])
     return out
 
 
@@ -154,7 +214,8 @@ class TransposedConv:
     def __call__(self, x: Padded) -> Padded:
         """x (H, W, C_in) -> (2H, 2W, C_out)."""
         out = Padded(2 * x.height, 2 * x.width, self.out_channels)
-        self.rows(x.flat, x.width, 0, 0, x.height, out.buffer, 1)
+        _parallel([functools.partial(self.rows, x.flat, x.width, 0, a, b, out.buffer, 1 + 2 * a)
+                   for a, b in _parts(0, x.height, WORKERS)])
         return out
 
     def rows(self, flat: np.ndarray, width: int, top: int, q0: int, q1: int, target: np.ndarray, target_row: int):
@@ -196,20 +257,25 @@ class TransposedConv:
 
 def upsample_pair(x: Padded, first: TransposedConv, second: TransposedConv, band_rows: int = 32) -> Padded:
     """second(first(x)) without first's whole output: first's output is made band_rows input rows at a time
-    (plus one row pair on each side, for second's taps) into one reused band buffer, and second runs on the band.
-    The largest layer of the synthesis, 157 MB for a 1280x960 image, then takes a band of about 22 MB. x (H, W,
-    C) -> (4H, 4W, second's C_out)."""
+    (plus one row pair on each side, for second's taps) into a reused band buffer per worker thread, and second
+    runs on the band. The largest layer of the synthesis, 157 MB for a 1280x960 image, then takes a band of about
+    22 MB per worker. x (H, W, C) -> (4H, 4W, second's C_out)."""
     h, w, mid = x.height, x.width, first.out_channels
     out = Padded(4 * h, 4 * w, second.out_channels)
-    band = np.zeros((2 * band_rows + 5, 2 * w + 2, mid), dtype=np.float32)  # row j: first's output row 2 q0 - 2 + j
-    for q0 in range(0, h, band_rows):
-        q1 = min(q0 + band_rows, h)
-        a, b = max(q0 - 1, 0), min(q1 + 1, h)  # first's input rows: its output rows 2a .. 2b cover 2 q0 - 1 .. 2 q1
-        low, high = 2 * a - (2 * q0 - 2), 2 * b - (2 * q0 - 2)  # band rows written
-        band[:low] = 0  # above the image: second's zero padding
-        band[high:] = 0  # below it, and the spare row
-        first.rows(x.flat, w, 0, a, b, band, low)
-        second.rows(band.reshape(-1, mid), 2 * w, 2 * q0 - 1, 2 * q0, 2 * q1, out.buffer, 1 + 4 * q0)
+
+    def bands(starts: list[int]) -> None:
+        band = np.zeros((2 * band_rows + 5, 2 * w + 2, mid), dtype=np.float32)  # row j: first's row 2 q0 - 2 + j
+        for q0 in starts:
+            q1 = min(q0 + band_rows, h)
+            a, b = max(q0 - 1, 0), min(q1 + 1, h)  # first's input rows: output rows 2a .. 2b cover 2 q0 - 1 .. 2 q1
+            low, high = 2 * a - (2 * q0 - 2), 2 * b - (2 * q0 - 2)  # band rows written
+            band[:low] = 0  # above the image: second's zero padding
+            band[high:] = 0  # below it, and the spare row
+            first.rows(x.flat, w, 0, a, b, band, low)
+            second.rows(band.reshape(-1, mid), 2 * w, 2 * q0 - 1, 2 * q0, 2 * q1, out.buffer, 1 + 4 * q0)
+
+    starts = list(range(0, h, band_rows))
+    _parallel([functools.partial(bands, starts[i::WORKERS]) for i in range(min(WORKERS, len(starts)))])
     return out
 
 

@@ -50,8 +50,10 @@ def test_weight_file_refuses_other_objects_and_other_files(tmp_path):
         read_weight_file(tmp_path / "missing.pt")
 
 
+@pytest.mark.parametrize("workers", [1, 3])  # one after the other; threads over uneven parts of the rows
 @pytest.mark.parametrize("cin, cout, height, width", [(16, 16, 7, 9), (32, 3, 5, 12), (24, 40, 6, 4)])
-def test_layers_match_torch(cin, cout, height, width):
+def test_layers_match_torch(cin, cout, height, width, workers, monkeypatch):
+    monkeypatch.setattr(numpy_layers, "WORKERS", workers)
     torch.manual_seed(0)
     x = torch.randn(1, cin, height, width)
     padded = numpy_layers.Padded.of(channels_last(x))
@@ -138,8 +140,10 @@ def test_decompress_command_runs_without_torch(tiny_model, tmp_path):
     assert np.abs(np.asarray(Image.open(tmp_path / "a.png"), dtype=np.int16) - decoded).max() <= 1
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
 @pytest.mark.parametrize("band_rows", [1, 2, 3, 7, 32])
-def test_upsampling_in_bands_equals_the_two_layers(band_rows):
+def test_upsampling_in_bands_equals_the_two_layers(band_rows, workers, monkeypatch):
+    monkeypatch.setattr(numpy_layers, "WORKERS", workers)
     rng = np.random.default_rng(2)
     x = numpy_layers.Padded.of(rng.standard_normal((7, 5, 12)).astype(np.float32))
     gamma = np.abs(rng.standard_normal((10, 10))).astype(np.float32) * 0.1
@@ -147,7 +151,9 @@ def test_upsampling_in_bands_equals_the_two_layers(band_rows):
                                         rng.standard_normal(10).astype(np.float32), (np.ones(10, np.float32), gamma))
     second = numpy_layers.TransposedConv(rng.standard_normal((10, 3, 5, 5)).astype(np.float32) * 0.2,
                                          rng.standard_normal(3).astype(np.float32))
-    whole = second(first(x))
+    with monkeypatch.context() as one_worker:
+        one_worker.setattr(numpy_layers, "WORKERS", 1)
+        whole = second(first(x))
     banded = numpy_layers.upsample_pair(x, first, second, band_rows=band_rows)
     assert banded.buffer.shape == whole.buffer.shape == (28 + 3, 20 + 2, 3)
     assert np.allclose(banded.buffer, whole.buffer, atol=1e-4)
@@ -172,3 +178,14 @@ def test_decompress_command_picks_the_decoder(tiny_model, tmp_path, monkeypatch,
                                            "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert (used[:1] or ["torch"])[0] == expected
+
+
+def test_openblas_threads_are_found_and_restored(monkeypatch):
+    monkeypatch.setattr(numpy_layers, "WORKERS", 2)
+    blas = numpy_layers._openblas_threads()
+    if blas is None:
+        pytest.skip("no OpenBLAS whose thread count can be set (the layers then run one job after the other)")
+    before = blas[1]()
+    ran = []
+    numpy_layers._parallel([lambda: ran.append(blas[1]()), lambda: ran.append(blas[1]())])
+    assert ran == [1, 1] and blas[1]() == before
