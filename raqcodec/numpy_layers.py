@@ -310,40 +310,67 @@ def lstm(inputs: np.ndarray, layers: list[tuple[np.ndarray, np.ndarray, np.ndarr
     W_hh (4H, H), bias b_ih + b_hh (4H,)); state (h0, c0) each (layers, B, H), zeros when None.
     Returns outputs (T, B, H) of the last layer and (h_T, c_T) each (layers, B, H).
 
-    A layer's input terms for all steps are one matrix product. The step loop then does a few small numpy
-    operations: sigmoid(x) = 0.5 + 0.5 tanh(x / 2), so the i, f, o columns are pre-scaled by 1/2 and one tanh
-    gives all four gates.
+    A sequential loop of small numpy operations, whose cost is their number (each call takes microseconds
+    whatever its size), so the loop runs all L layers at once as a wavefront: at step k layer l computes time
+    k - l, from layer l - 1's output at that time (computed at step k - 1) and its own state. One product of the
+    stacked states, column per batch item, [h_0; ...; h_{L-1}; 1] (L H + 1, B) with one block matrix (4 L H,
+    L H + 1) gives every layer's gates: rows ordered i, f, o, g, each for layers 0..L-1; layer l's block holds
+    W_hh of layer l, W_ih of layer l > 0 and the biases. Layer 0's input terms for all steps are one product
+    before the loop. sigmoid(x) = 0.5 + 0.5 tanh(x / 2), so the i, f, o rows are pre-scaled by 1/2 and one tanh
+    gives all gates. On the 2-core machine a codebook of eK = 4096 (2 layers, H = 64, B = 4) took 0.47 s, against
+    0.60 s with one loop per layer and 0.09 s with torch's LSTM (one run each, 2026-11-27).
     """
     steps, batch, _ = inputs.shape
-    hidden = layers[0][1].shape[1]
-    scale = np.full(4 * hidden, 0.5, dtype=np.float32)
-    scale[2 * hidden:3 * hidden] = 1.0  # g: tanh itself
-    shift = np.float32(1.0) - scale  # 0.5 for i, f, o; 0 for g
-    h_out, c_out = [], []
-    sequence = inputs
+    count, hidden = len(layers), layers[0][1].shape[1]
+    size = count * hidden
+    order = [0, 1, 3, 2]  # ours i, f, o, g <- torch's i, f, g, o
+    scale = np.full((4, 1, 1), 0.5, dtype=np.float32)
+    scale[3] = 1.0  # g: tanh itself
+    matrix = np.zeros((4, count, hidden, size + 1), dtype=np.float32)  # (gate, layer, unit, state or bias)
     for n, (w_ih, w_hh, bias) in enumerate(layers):
-        h = np.zeros((batch, hidden), np.float32) if state is None else state[0][n].copy()
-        c = np.zeros((batch, hidden), np.float32) if state is None else state[1][n].copy()
-        gates_in = (sequence.reshape(-1, sequence.shape[-1]) @ w_ih.T + bias) * scale
-        gates_in = gates_in.reshape(steps, batch, 4 * hidden)
-        w_hh_t = np.ascontiguousarray(w_hh.T * scale)
-        outputs = np.empty((steps, batch, hidden), np.float32)
-        gates = np.empty((batch, 4 * hidden), np.float32)
-        ig = np.empty((batch, hidden), np.float32)
-        i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
-        for t in range(steps):
-            np.matmul(h, w_hh_t, out=gates)
-            gates += gates_in[t]
-            np.tanh(gates, out=gates)
-            gates *= scale
-            gates += shift
-            np.multiply(i, g, out=ig)
-            c *= f
-            c += ig
-            h = outputs[t]
-            np.tanh(c, out=h)
-            h *= o
-        h_out.append(h.copy())
-        c_out.append(c)
-        sequence = outputs
-    return sequence, (np.stack(h_out), np.stack(c_out))
+        gates_of = lambda w: w.reshape(4, hidden, -1)[order]  # noqa: E731  (4, H, columns) in our gate order
+        matrix[:, n, :, n * hidden:(n + 1) * hidden] = gates_of(w_hh)
+        if n > 0:
+            matrix[:, n, :, (n - 1) * hidden:n * hidden] = gates_of(w_ih)
+            matrix[:, n, :, size] = gates_of(bias[:, None])[..., 0]
+    matrix *= scale.reshape(4, 1, 1, 1)
+    matrix = matrix.reshape(4 * size, size + 1)
+    w_ih0, _, bias0 = layers[0]
+    first_in = (inputs.reshape(-1, inputs.shape[-1]) @ w_ih0.T + bias0).reshape(steps, batch, 4, hidden)
+    first_in = np.ascontiguousarray(first_in[:, :, order].transpose(0, 2, 3, 1)) * scale  # (T, 4, H, B)
+
+    states = np.zeros((size + 1, batch), dtype=np.float32)  # [h_0; ...; h_{L-1}; 1]
+    cells = np.zeros((size, batch), dtype=np.float32)
+    if state is not None:
+        states[:size] = state[0].transpose(0, 2, 1).reshape(size, batch)
+        cells[:] = state[1].transpose(0, 2, 1).reshape(size, batch)
+    states[size] = 1.0
+    hidden_states, h = states[:size], states[:size].reshape(count, hidden, batch)
+    gates = np.empty((4, count, hidden, batch), dtype=np.float32)
+    i, f, o, g = gates[0], gates[1], gates[2], gates[3]
+    ig = np.empty((count, hidden, batch), dtype=np.float32)
+    c = cells.reshape(count, hidden, batch)
+    outputs = np.empty((steps, hidden, batch), dtype=np.float32)
+    for k in range(steps + count - 1):
+        active = slice(max(0, k - steps + 1), min(count, k + 1))  # layers whose time k - l is in 0..T-1
+        kept = None if (active.start, active.stop) == (0, count) else (h.copy(), c.copy())
+        np.matmul(matrix, states, out=gates.reshape(4 * size, batch))
+        if k < steps:
+            gates[:, 0] += first_in[k]
+        np.tanh(gates, out=gates)
+        sigmoids = gates[:3]  # i, f, o: 0.5 + 0.5 tanh(x / 2)
+        sigmoids *= np.float32(0.5)
+        sigmoids += np.float32(0.5)
+        np.multiply(i, g, out=ig)
+        c *= f
+        c += ig
+        np.tanh(c, out=h)
+        h *= o
+        if kept is not None:  # the layers outside their time range keep their state
+            outside = [n for n in range(count) if not active.start <= n < active.stop]
+            h[outside], c[outside] = kept[0][outside], kept[1][outside]
+        if k >= count - 1:
+            outputs[k - count + 1] = h[count - 1]
+    final_h = h.transpose(0, 2, 1).copy()
+    final_c = c.transpose(0, 2, 1).copy()
+    return np.ascontiguousarray(outputs.transpose(0, 2, 1)), (final_h, final_c)

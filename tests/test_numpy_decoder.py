@@ -86,6 +86,24 @@ def test_deconv_with_igdn_matches_torch():
         {f"g.{k}": v.detach().numpy() for k, v in igdn.state_dict().items()}, "g.")[1], gamma)
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
+@pytest.mark.parametrize("with_state", [False, True])
+def test_lstm_matches_torch(layers, with_state):
+    torch.manual_seed(3)
+    net = torch.nn.LSTM(5, 8, num_layers=layers)
+    x = torch.randn(9, 3, 5)
+    state = (torch.randn(layers, 3, 8), torch.randn(layers, 3, 8)) if with_state else None
+    with torch.no_grad():
+        expected, (h, c) = net(x, state)
+    weights = [(getattr(net, f"weight_ih_l{n}").detach().numpy(), getattr(net, f"weight_hh_l{n}").detach().numpy(),
+                (getattr(net, f"bias_ih_l{n}") + getattr(net, f"bias_hh_l{n}")).detach().numpy())
+               for n in range(layers)]
+    got, (got_h, got_c) = numpy_layers.lstm(x.numpy(), weights, None if state is None else
+                                            (state[0].numpy(), state[1].numpy()))
+    for have, want in ((got, expected), (got_h, h), (got_c, c)):
+        assert have.shape == want.shape and np.allclose(have, want.numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("stage, size", [(0, 2), (0, 37), (0, 4096), (1, 300)])
 def test_codebooks_match_torch(two_stage_model, stage, size):
     decoder = numpy_decoder.NumpyDecoder.load(two_stage_model.path)
