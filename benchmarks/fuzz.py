@@ -3,12 +3,15 @@ the header's size or raise CodecError, within --max-seconds.
 
     .venv/bin/python benchmarks/fuzz.py --inputs 100000                                  # version-1 files
     .venv/bin/python benchmarks/fuzz.py --inputs 100000 --format 2 --json benchmarks/results/fuzz_v2.json
+    .venv/bin/python benchmarks/fuzz.py --format 2 --decoder numpy --json benchmarks/results/fuzz_v2_numpy.json
 
 Seeds (--format 1): valid files from the one-stage test-vector model at several eK and image sizes.
 Seeds (--format 2): version-2 files from the two-stage test-vector model: one and two stages, entropy models
 1 and 2 (context), eK from 2 to 4096. Mutations (tests/fuzzing.py):
 truncation, bit flips, byte insertions, header fields set to extremes; half get a recomputed CRC so they
-reach the payload decoder. Prints JSON (also written to --json); exits 1 on any crash or hang.
+reach the payload decoder. --decoder numpy decodes with the torch-free decoder that `raq decompress` runs for
+one file on a CPU (numpy_decoder.py) instead of the Python API's torch decoder. Prints JSON (also written to
+--json); exits 1 on any crash or hang.
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ from raqcodec import bitstream, entropy  # noqa: E402
 from raqcodec.codec import encode  # noqa: E402
 from raqcodec.models import RAQVAE  # noqa: E402
 from raqcodec.modelfile import load_model  # noqa: E402
+from raqcodec.numpy_decoder import NumpyDecoder  # noqa: E402
 
 VECTORS = ROOT / "tests" / "vectors"
 
@@ -72,10 +76,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=5.0)
     parser.add_argument("--format", type=int, choices=(1, 2), default=1, help="format version of the seeds")
+    parser.add_argument("--decoder", choices=("torch", "numpy"), default="torch")
     parser.add_argument("--json", default="benchmarks/results/fuzz.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, seeds = seed_files(args.format)
+    if args.decoder == "numpy":
+        model_file = VECTORS / ("tiny-model.pt" if args.format == 1 else "tiny-model-2stage.pt")
+        decode = NumpyDecoder.load(model_file).decompress
+    else:
+        decode = lambda data: raqcodec.decompress(data, model=model)  # noqa: E731
     rng = np.random.default_rng(args.seed)
     outcomes: Counter[str] = Counter()
     crashes, hangs, slowest = [], 0, 0.0
@@ -86,7 +96,7 @@ def main() -> None:
             data = mutate(data, rng)
         t = time.perf_counter()
         try:
-            image = raqcodec.decompress(data, model=model)
+            image = decode(data)
             header = raqcodec.read_header(data)
             if image.size != (header.width, header.height):
                 raise AssertionError("decoded size differs from the header")
@@ -99,7 +109,8 @@ def main() -> None:
         elapsed = time.perf_counter() - t
         slowest = max(slowest, elapsed)
         hangs += elapsed > args.max_seconds
-    result = {"format_version": args.format, "inputs": args.inputs, "seed": args.seed, "outcomes": dict(outcomes), "crashes": len(crashes),
+    result = {"format_version": args.format, "decoder": args.decoder, "inputs": args.inputs, "seed": args.seed,
+              "outcomes": dict(outcomes), "crashes": len(crashes),
               "hangs_over_s": args.max_seconds, "hangs": int(hangs), "slowest_s": slowest,
               "total_s": time.perf_counter() - start, "first_crashes": crashes[:5]}
     Path(args.json).write_text(json.dumps(result, indent=1) + "\n")

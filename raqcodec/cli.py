@@ -196,7 +196,7 @@ def decompress(source: Path, output: Path, model_path: str | None, device: str, 
     if stdio:
         start = time.perf_counter()
         data = sys.stdin.buffer.read() if source == STDIO else _read(source)
-        image = _decoder(model_path, device, exact, numpy_decoder=_small(data))(data)
+        image = _decoder(model_path, device, exact, one_file=True)(data)
         if output == STDIO:
             _write_output(png_bytes(image), output, force)
         else:
@@ -204,50 +204,33 @@ def decompress(source: Path, output: Path, model_path: str | None, device: str, 
         name = "<stdin>" if source == STDIO else source.name
         click.echo(f"{name}: {image.width}x{image.height} time={time.perf_counter() - start:.2f}s", err=True)
         return
-    first = _read(pairs[0][0])
-    decode = _decoder(model_path, device, exact, numpy_decoder=len(pairs) == 1 and _small(first))
+    decode = _decoder(model_path, device, exact, one_file=len(pairs) == 1)
     if len(pairs) > 1:  # a progress bar for a folder (tqdm takes 0.05 s to import)
         from tqdm import tqdm
 
         pairs = tqdm(pairs, desc="decompress", file=sys.stderr)
-    for i, (src, dst) in enumerate(pairs):
+    for src, dst in pairs:
         start = time.perf_counter()
-        image = decode(first if i == 0 else _read(src))
+        image = decode(_read(src))
         save_image_atomic(image, dst, force=force)
         click.echo(f"{src.name}: {image.width}x{image.height} time={time.perf_counter() - start:.2f}s")
 
 
-NUMPY_DECODER_MAX_PIXELS = 4_000_000
-"""Largest image `raq decompress` decodes with the numpy decoder. On the 2-core machine (2026-11-27) the numpy
-decoder took 1.2 to 1.9 s/MP and the torch decoder 0.75 to 1.06 s/MP (benchmarks/numpy_decoder_speed.py, model
-loaded), and starting torch about 3 s: torch's start-up is repaid from about 4 to 5 MP on."""
-
-
-def _small(data: bytes) -> bool:
-    """Whether a .raq file's image has at most NUMPY_DECODER_MAX_PIXELS pixels; True for a file whose header is
-    not valid (the numpy decoder then says why, without starting torch)."""
-    from raqcodec.bitstream import read_header
-
-    try:
-        header = read_header(data)
-    except CodecError:
-        return True
-    return header.width * header.height <= NUMPY_DECODER_MAX_PIXELS
-
-
-def _decoder(model_path: str | None, device: str, exact: bool, numpy_decoder: bool):
+def _decoder(model_path: str | None, device: str, exact: bool, one_file: bool):
     """A function .raq bytes -> PIL image for `raq decompress`.
 
-    With numpy_decoder (one file of at most NUMPY_DECODER_MAX_PIXELS), decoding on the CPU without --exact goes
-    to the numpy decoder (numpy_decoder.py), so the command never imports torch (3 to 4.5 s of a whole command
-    on the 2-core machine); its pixels may differ from the torch decoder's by one level of 255 (docs/FORMAT.md,
-    Conformance). Torch decodes otherwise: --exact, --device cuda, auto where a GPU driver is present, a model
-    the numpy decoder does not implement, a larger image and a folder of files, where torch's faster layers
-    repay its start-up.
+    One file decoded on the CPU without --exact goes to the numpy decoder (numpy_decoder.py), so the command
+    never imports torch (3 s or more on the 2-core machine). Whole commands there (2026-11-27, 2 runs each):
+    a 2560x1920 image 8.2 to 8.9 s against 10.0 to 11.2 s with torch, a 4000x3000 one 19.8 to 21.6 s against
+    21.4 to 22.4 s, at 0.37 against 1.1 GB and 0.58 against 1.3 GB of peak memory. Its pixels may differ from
+    the torch decoder's by one level of 255 (docs/FORMAT.md, Conformance). Torch decodes otherwise: --exact,
+    --device cuda, auto where a GPU driver is present, a model the numpy decoder does not implement, and a
+    folder of files, where torch's faster layers (0.7 to 1.0 s/MP against 1.1 to 1.6, model loaded) repay its
+    start-up.
     """
     from raqcodec.numpy_decoder import NumpyDecoder, cuda_may_be_present
 
-    if numpy_decoder and not exact and (device == "cpu" or (device == "auto" and not cuda_may_be_present())):
+    if one_file and not exact and (device == "cpu" or (device == "auto" and not cuda_may_be_present())):
         decoder = NumpyDecoder.load(model_path)
         if decoder is not None:
             return decoder.decompress

@@ -1,5 +1,5 @@
-"""A .raq decoder in numpy, without torch: what `raq decompress` runs on a CPU, where importing torch alone took
-3.0 to 4.5 s of a whole command on the project's 2-core machine.
+"""A .raq decoder in numpy, without torch: what `raq decompress` runs for one file on a CPU, where importing torch
+alone took 3 s or more of a whole command on the project's 2-core machine.
 
 It reads the model file itself (weightfile.py), generates the adapted codebooks with the same Seq2Seq LSTM as
 models/generator.py, decodes the indices with the same integer entropy decoder as the torch path (entropy.py:

@@ -177,9 +177,9 @@ def test_upsampling_in_bands_equals_the_two_layers(band_rows, workers, monkeypat
     assert np.allclose(banded.buffer, whole.buffer, atol=1e-4)
 
 
-@pytest.mark.parametrize("max_pixels, folder, expected", [(10**6, False, "numpy"), (100, False, "torch"),
-                                                          (10**6, True, "torch")])
-def test_decompress_command_picks_the_decoder(tiny_model, tmp_path, monkeypatch, max_pixels, folder, expected):
+@pytest.mark.parametrize("folder, exact, expected", [(False, False, "numpy"), (True, False, "torch"),
+                                                     (False, True, "torch")])
+def test_decompress_command_picks_the_decoder(tiny_model, tmp_path, monkeypatch, folder, exact, expected):
     from click.testing import CliRunner
 
     from raqcodec import cli
@@ -187,13 +187,12 @@ def test_decompress_command_picks_the_decoder(tiny_model, tmp_path, monkeypatch,
     used = []
     load = numpy_decoder.NumpyDecoder.load
     monkeypatch.setattr(numpy_decoder.NumpyDecoder, "load", lambda path: used.append("numpy") or load(path))
-    monkeypatch.setattr(cli, "NUMPY_DECODER_MAX_PIXELS", max_pixels)  # the image has 40 x 48 pixels
     data = raqcodec.compress(synthetic_image(40, 48, seed=6), codebook_size=32, model=tiny_model)
     for name in ("a", "b") if folder else ("a",):
         (tmp_path / f"{name}.raq").write_bytes(data)
     source, output = (tmp_path, tmp_path / "out") if folder else (tmp_path / "a.raq", tmp_path / "a.png")
     result = CliRunner().invoke(cli.main, ["decompress", str(source), str(output), "--model", tiny_model.path,
-                                           "--device", "cpu"])
+                                           "--device", "cpu", *(["--exact"] if exact else [])])
     assert result.exit_code == 0, result.output
     assert (used[:1] or ["torch"])[0] == expected
 
