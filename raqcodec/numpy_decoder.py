@@ -122,7 +122,8 @@ class NumpyDecoder:
     def codebook(self, size: int, stage: int = 0) -> np.ndarray:
         """Stage `stage`'s adapted codebook (G, size, dg) float32, cached per (stage, size)."""
         if (stage, size) not in self._codebooks:
-            self._codebooks[stage, size] = self.generators[stage](self.bases[stage], size)
+            with numpy_layers.single_threaded_blas():  # the same sums whatever the number of cores
+                self._codebooks[stage, size] = self.generators[stage](self.bases[stage], size)
         return self._codebooks[stage, size]
 
     def latent(self, indices: list[np.ndarray], setting: tuple[int, ...]) -> np.ndarray:

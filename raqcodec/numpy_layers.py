@@ -16,12 +16,13 @@ The same sums as torch's layers in another order: float32 results differ by roun
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -53,30 +54,46 @@ def _openblas_threads() -> tuple[Callable[[int], None], Callable[[], int]] | Non
     return None
 
 
-def _parallel(jobs: list[Callable[[], None]]) -> None:
-    """Run the jobs on up to WORKERS threads with OpenBLAS single-threaded (numpy's products and copies release
-    the GIL), so that the copies and elementwise steps between products use every core too. One after the
-    other, with OpenBLAS's own threads, where there is one job or core, or OpenBLAS's thread count cannot be set.
-    Each job's result does not depend on the thread it ran on."""
-    blas = _openblas_threads() if len(jobs) > 1 and WORKERS > 1 else None
+@contextlib.contextmanager
+def single_threaded_blas() -> Iterator[None]:
+    """Inside the block, OpenBLAS runs single-threaded (where its thread count can be set; otherwise nothing
+    changes). Its products differ in rounding with its thread count (a (644, 1152) x (1152, 128) product by up to
+    6e-5 between 1 and 2 threads), so the decoder computes every product this way: with the chunks of rows fixed
+    by the image alone (`_chunk_groups`), each product is then the same call whatever the number of cores, and so
+    are the decoded pixels."""
+    blas = _openblas_threads()
     if blas is None:
-        for job in jobs:
-            job()
+        yield
         return
     set_threads, get_threads = blas
     previous = get_threads()
     set_threads(1)
     try:
-        with ThreadPoolExecutor(min(WORKERS, len(jobs))) as pool:
-            for future in [pool.submit(job) for job in jobs]:
-                future.result()
+        yield
     finally:
         set_threads(previous)
 
 
-def _parts(start: int, stop: int, count: int) -> list[tuple[int, int]]:
-    """start..stop cut into at most `count` contiguous non-empty ranges of near-equal length."""
-    bounds = [start + (stop - start) * i // count for i in range(count + 1)]
+def _parallel(jobs: list[Callable[[], None]]) -> None:
+    """Run the jobs on up to WORKERS threads with single-threaded OpenBLAS (numpy's products and copies release
+    the GIL, so the copies and elementwise steps between products use every core too). Where OpenBLAS's thread
+    count cannot be set, one after the other with its own threads."""
+    with single_threaded_blas():
+        if len(jobs) == 1 or WORKERS == 1 or _openblas_threads() is None:
+            for job in jobs:
+                job()
+            return
+        with ThreadPoolExecutor(min(WORKERS, len(jobs))) as pool:
+            for future in [pool.submit(job) for job in jobs]:
+                future.result()
+
+
+def _chunk_groups(stop: int, step: int, count: int) -> list[tuple[int, int]]:
+    """0..stop, whose chunks of rows are step long from 0, cut into at most `count` contiguous groups of whole
+    chunks: every group starts on a chunk boundary, so a job that chunks its group from its start by `step`
+    makes the same chunks as one job over all."""
+    chunks = -(-stop // step)
+    bounds = [min(stop, step * (chunks * i // count)) for i in range(count + 1)]
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if a < b]
 
 
@@ -127,18 +144,29 @@ def _patches(flat: np.ndarray, offsets: list[int], start: int, count: int, out: 
     return block
 
 
-def _row_chunks(rows: int, width: int, columns: int) -> list[tuple[int, int]]:
-    """Chunks (first row, last row + 1) of an output `rows` high whose patch matrix has width*columns elements
-    per row."""
-    step = max(1, CHUNK_ELEMENTS // (width * columns))
-    return [(r, min(r + step, rows)) for r in range(0, rows, step)]
+def _row_step(width: int, columns: int) -> int:
+    """Rows per chunk of an output whose patch matrix has width*columns elements per row (CHUNK_ELEMENTS)."""
+    return max(1, CHUNK_ELEMENTS // (width * columns))
+
+
+def _chunks(first: int, last: int, step: int) -> list[tuple[int, int]]:
+    """(r0, r1) of the chunks of rows first..last, step long from first."""
+    return [(r, min(r + step, last)) for r in range(first, last, step)]
 
 
 def pointwise_conv(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> Padded:
     """1x1 convolution: x (H, W, C_in), weight (C_out, C_in, 1, 1) as torch's Conv2d, bias (C_out,) -> Padded."""
     h, w, cin = x.shape
     out = Padded(h, w, weight.shape[0])
-    out.interior[...] = (np.ascontiguousarray(x).reshape(-1, cin) @ weight[:, :, 0, 0].T + bias).reshape(h, w, -1)
+    matrix = np.ascontiguousarray(weight[:, :, 0, 0].T)
+    step = _row_step(w, max(cin, weight.shape[0]))
+
+    def rows(first: int, last: int) -> None:
+        for r0, r1 in _chunks(first, last, step):
+            out.interior[r0:r1] = (np.ascontiguousarray(x[r0:r1]).reshape(-1, cin) @ matrix + bias).reshape(
+                r1 - r0, w, -1)
+
+    _parallel([functools.partial(rows, a, b) for a, b in _chunk_groups(h, step, WORKERS)])
     return out
 
 
@@ -150,15 +178,15 @@ def conv3x3(x: Padded, weight: np.ndarray, bias: np.ndarray) -> Padded:
     offsets = [ky * wp + kx for ky in range(3) for kx in range(3)]
     matrix = np.ascontiguousarray(weight.transpose(2, 3, 1, 0).reshape(9 * cin, cout))
     out = Padded(h, w, cout)
+    step = _row_step(wp, 9 * cin)
 
     def rows(first: int, last: int) -> None:
-        chunks = [(first + a, first + b) for a, b in _row_chunks(last - first, wp, 9 * cin)]
-        buffer = np.empty(((chunks[0][1] - chunks[0][0]) * wp, 9 * cin), dtype=np.float32)
-        for r0, r1 in chunks:
+        buffer = np.empty((step * wp, 9 * cin), dtype=np.float32)
+        for r0, r1 in _chunks(first, last, step):
             patch = _patches(flat, offsets, r0 * wp, (r1 - r0) * wp, buffer)
             out.buffer[1 + r0:1 + r1, 1:w + 1] = (patch @ matrix + bias).reshape(r1 - r0, wp, cout)[:, :w]
 
-    _parallel([functools.partial(rows, a, b) for a, b in _parts(0, h, WORKERS)])
+    _parallel([functools.partial(rows, a, b) for a, b in _chunk_groups(h, step, WORKERS)])
     return out
 
 
@@ -214,9 +242,15 @@ class TransposedConv:
     def __call__(self, x: Padded) -> Padded:
         """x (H, W, C_in) -> (2H, 2W, C_out)."""
         out = Padded(2 * x.height, 2 * x.width, self.out_channels)
-        _parallel([functools.partial(self.rows, x.flat, x.width, 0, a, b, out.buffer, 1 + 2 * a)
-                   for a, b in _parts(0, x.height, WORKERS)])
+        groups = _chunk_groups(x.height, self._step(x.row_width), WORKERS)
+        _parallel([functools.partial(self.rows, x.flat, x.width, 0, a, b, out.buffer, 1 + 2 * a) for a, b in groups])
         return out
+
+    def _step(self, row_width: int) -> int:
+        """Input rows per chunk for an input row_width pixels wide (padded)."""
+        if self.stacked:
+            return max(1, SMALL_CHUNK_ROWS // row_width)
+        return _row_step(row_width, 9 * self.in_channels)
 
     def rows(self, flat: np.ndarray, width: int, top: int, q0: int, q1: int, target: np.ndarray, target_row: int):
         """Output rows 2 q0 .. 2 q1 from input rows q0 .. q1 - 1, into target (rows, 2 width + 2, C_out) from
@@ -228,13 +262,10 @@ class TransposedConv:
         """
         cin, cout, wp = self.in_channels, self.out_channels, width + 2
         offsets = [(1 + dy + (q0 - top)) * wp + dx + 1 for dy, dx in _DECONV_OFFSETS]  # relative to row q0 - 1
-        if self.stacked:
-            step = max(1, SMALL_CHUNK_ROWS // wp)
-            chunks = [(r, min(r + step, q1)) for r in range(q0, q1, step)]
-        else:
-            chunks = [(q0 + a, q0 + b) for a, b in _row_chunks(q1 - q0, wp, 9 * cin)]
-            buffer = np.empty(((chunks[0][1] - chunks[0][0]) * wp, 9 * cin), dtype=np.float32)
-        for r0, r1 in chunks:
+        step = self._step(wp)
+        if not self.stacked:
+            buffer = np.empty((step * wp, 9 * cin), dtype=np.float32)
+        for r0, r1 in _chunks(q0, q1, step):
             start, count = (r0 - q0) * wp, (r1 - r0) * wp
             first = target_row + 2 * (r0 - q0)
             # output rows 2 r0 .. 2 r1 as (q, ry, p, rx, c): out[2q + ry, 2p + rx]

@@ -14,7 +14,7 @@ from conftest import synthetic_image
 from PIL import Image
 
 import raqcodec
-from raqcodec import numpy_decoder, numpy_layers
+from raqcodec import bitstream, entropy, numpy_decoder, numpy_layers
 from raqcodec.errors import CodecError
 from raqcodec.modelfile import fingerprint
 from raqcodec.models.gdn import GDN
@@ -206,3 +206,23 @@ def test_openblas_threads_are_found_and_restored(monkeypatch):
     ran = []
     numpy_layers._parallel([lambda: ran.append(blas[1]()), lambda: ran.append(blas[1]())])
     assert ran == [1, 1] and blas[1]() == before
+
+
+def test_pixels_do_not_depend_on_the_number_of_cores(two_stage_model, monkeypatch):
+    if numpy_layers._openblas_threads() is None:
+        pytest.skip("no OpenBLAS whose thread count can be set: products then use its own threads")
+    monkeypatch.setattr(numpy_decoder, "TILE", 3)  # several tiles
+    data = raqcodec.compress(synthetic_image(75, 90, seed=7), codebook_size=(300, 2), model=two_stage_model)
+    header, payload = bitstream.unpack(data)
+    indices = entropy.decode_stages(payload, header.latent_shape, list(header.codebook_sizes), header.entropy_model)
+    set_blas_threads, blas_threads = numpy_layers._openblas_threads()
+    before, outputs = blas_threads(), []
+    try:
+        for cores in (1, 2, 3):  # as on a machine of that many cores: workers and OpenBLAS's own thread count
+            monkeypatch.setattr(numpy_layers, "WORKERS", cores)
+            set_blas_threads(cores)
+            decoder = numpy_decoder.NumpyDecoder.load(two_stage_model.path)  # its codebooks generated again
+            outputs.append(decoder.synthesis(decoder.latent(indices, header.codebook_sizes)))  # before rounding
+    finally:
+        set_blas_threads(before)
+    assert np.array_equal(outputs[0], outputs[1]) and np.array_equal(outputs[0], outputs[2])
