@@ -18,7 +18,8 @@ everywhere, and at what cost?
 
 --numpy also decodes every file with the torch-free decoder that `raq decompress` runs for one file on a CPU
 (numpy_decoder.py; timed, s/MP, after the torch decodes) and compares its pixels with the first thread count's,
-and both decoders' PSNR against the source image.
+and both decoders' PSNR against the source image; then decodes every file again as on a machine of one core
+(numpy_layers.WORKERS = 1, OpenBLAS's thread count 1) and compares the pixels.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ import torch
 from PIL import Image
 
 import raqcodec
-from raqcodec import bitstream, entropy
+from raqcodec import bitstream, entropy, numpy_layers
 from raqcodec.codec import encode, exact_decoder, get_model
 from raqcodec.data import list_images
 from raqcodec.image_io import load_image
@@ -120,18 +121,38 @@ def compare_numpy_decoder(model_path: str | None, files: list[bytes], sources: l
     """The numpy decoder's pixels against the torch decoder's, its decoding time, and the PSNR (dB) of both
     against the source images."""
     decoder = NumpyDecoder.load(model_path)
-    seconds, diffs, psnr_changes = 0.0, [], []
+    seconds, diffs, psnr_changes, numpy_pixels = 0.0, [], [], []
     for data, source, theirs in zip(files, sources, torch_pixels):
         start = time.perf_counter()
         image = decoder.decompress(data)
         seconds += time.perf_counter() - start
         ours = np.asarray(image, dtype=np.int16)
+        numpy_pixels.append(ours)
         diffs.append(np.abs(ours - theirs))
         original = load_image(source)[0]  # (H, W, 3) uint8, as the codec coded it
         psnr_changes.append(psnr(ours, original) - psnr(theirs, original))
+    one_core = decode_as_on_one_core(model_path, files)
     return {"decode_seconds_per_megapixel": round(seconds / megapixels, 3), "vs_torch": pixel_differences(diffs),
             "psnr_change_db": {"min": round(min(psnr_changes), 6), "max": round(max(psnr_changes), 6),
-                               "mean": round(float(np.mean(psnr_changes)), 6)}}
+                               "mean": round(float(np.mean(psnr_changes)), 6)},
+            f"{numpy_layers.WORKERS}_cores_vs_1": pixel_differences(
+                [np.abs(theirs - ours) for theirs, ours in zip(one_core, numpy_pixels)])}
+
+
+def decode_as_on_one_core(model_path: str | None, files: list[bytes]) -> list[np.ndarray]:
+    """Every file decoded by a fresh numpy decoder with one worker and OpenBLAS single-threaded."""
+    cores, blas = numpy_layers.WORKERS, numpy_layers._openblas_threads()
+    before = blas[1]() if blas else None
+    numpy_layers.WORKERS = 1
+    if blas:
+        blas[0](1)
+    try:
+        decoder = NumpyDecoder.load(model_path)
+        return [np.asarray(decoder.decompress(data), dtype=np.int16) for data in files]
+    finally:
+        numpy_layers.WORKERS = cores
+        if blas:
+            blas[0](before)
 
 
 def pixel_differences(diffs: list[np.ndarray]) -> dict:
