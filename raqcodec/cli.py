@@ -225,8 +225,8 @@ def _decoder(model_path: str | None, device: str, exact: bool, one_file: bool):
     21.4 to 22.4 s, at 0.37 against 1.1 GB and 0.58 against 1.3 GB of peak memory. Its pixels may differ from
     the torch decoder's by one level of 255 (docs/FORMAT.md, Conformance). Torch decodes otherwise: --exact,
     --device cuda, auto where a GPU driver is present, a model the numpy decoder does not implement, and a
-    folder of files, where torch's faster layers (0.7 to 1.0 s/MP against 1.1 to 1.6, model loaded) repay its
-    start-up.
+    folder of files, where torch's faster layers (0.69 to 1.02 s/MP against 0.98 to 1.44 on Kodak and the
+    photos, model loaded: benchmarks/numpy_decoder_speed.py) repay its start-up.
     """
     from raqcodec.numpy_decoder import NumpyDecoder, cuda_may_be_present
 
