@@ -105,6 +105,10 @@ class NumpyDecoder:
                                       f"residual_stages.{stage - 1}.generator.") for stage in range(cfg.stages)]
         self.bases = [state["base.embed" if stage == 0 else f"residual_stages.{stage - 1}.base.embed"]
                       for stage in range(cfg.stages)]
+        steps = cfg.downsample.bit_length() - 1
+        self.upsampling = [numpy_layers.TransposedConv(state[f"g_s.{2 + 2 * i}.weight"], state[f"g_s.{2 + 2 * i}.bias"],
+                                                       _gdn_parameters(state, f"g_s.{3 + 2 * i}.") if i < steps - 1
+                                                       else None) for i in range(steps)]
         self._codebooks: dict[tuple[int, int], np.ndarray] = {}
 
     @classmethod
@@ -115,9 +119,9 @@ class NumpyDecoder:
         payload = check_model_payload(read_weight_file(path), path)
         try:
             cfg = ModelConfig.from_dict(payload["config"])
-        except (TypeError, KeyError):
-            raise CodecError(f"not a raqcodec model file: {path}") from None
-        return cls(cfg, payload["state_dict"]) if supports(cfg) else None
+            return cls(cfg, payload["state_dict"]) if supports(cfg) else None
+        except (TypeError, KeyError, ValueError, AttributeError) as exc:  # a config or weights of another shape
+            raise CodecError(f"not a raqcodec model file: {path} ({type(exc).__name__}: {exc})") from None
 
     def codebook(self, size: int, stage: int = 0) -> np.ndarray:
         """Stage `stage`'s adapted codebook (G, size, dg) float32, cached per (stage, size)."""
@@ -146,13 +150,10 @@ class NumpyDecoder:
         numpy_layers.leaky_relu(y.buffer)
         y.buffer += x.buffer
         x = y
-        steps = self.cfg.downsample.bit_length() - 1
-        layers = [numpy_layers.TransposedConv(s[f"g_s.{2 + 2 * i}.weight"], s[f"g_s.{2 + 2 * i}.bias"],
-                                              _gdn_parameters(s, f"g_s.{3 + 2 * i}.") if i < steps - 1 else None)
-                  for i in range(steps)]
-        for layer in layers[:-2]:
+        for layer in self.upsampling[:-2]:
             x = layer(x)
-        x = numpy_layers.upsample_pair(x, *layers[-2:]) if steps >= 2 else layers[0](x)
+        x = numpy_layers.upsample_pair(x, *self.upsampling[-2:]) if len(self.upsampling) >= 2 \
+            else self.upsampling[0](x)
         return x.interior
 
     def synthesis(self, z: np.ndarray) -> np.ndarray:

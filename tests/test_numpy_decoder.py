@@ -136,6 +136,14 @@ def test_bad_files_are_refused(tiny_model, two_stage_model):
         decoder.decompress("not bytes")
 
 
+def test_a_model_file_without_a_weight_is_refused(tiny_model, tmp_path):
+    payload = torch.load(tiny_model.path, weights_only=True)
+    del payload["state_dict"]["g_s.2.weight"]
+    torch.save(payload, tmp_path / "broken.pt")
+    with pytest.raises(CodecError, match="not a raqcodec model file.*g_s.2.weight"):
+        numpy_decoder.NumpyDecoder.load(tmp_path / "broken.pt")
+
+
 def test_the_paper_backbone_is_left_to_torch(tmp_path):
     from raqcodec.modelfile import save_model
     from raqcodec.models import RAQVAE, named_config
