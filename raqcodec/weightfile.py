@@ -74,7 +74,8 @@ def _rebuild_tensor(storage: tuple[np.ndarray, str], offset: int, shape: tuple[i
                     _requires_grad: bool, _hooks: Any, _metadata: Any = None) -> WeightArray:
     flat, torch_dtype = storage
     size = int(np.prod(shape))
-    if offset < 0 or (size and offset + sum((n - 1) * s for n, s in zip(shape, strides)) >= flat.size):
+    if (offset < 0 or len(shape) != len(strides) or min((*shape, *strides), default=0) < 0
+            or (size and offset + sum((n - 1) * s for n, s in zip(shape, strides)) >= flat.size)):
         raise CodecError("a tensor of the model file reaches outside its storage")
     view = np.lib.stride_tricks.as_strided(flat[offset:], shape=shape,
                                            strides=[s * flat.itemsize for s in strides])

@@ -50,6 +50,17 @@ def test_weight_file_refuses_other_objects_and_other_files(tmp_path):
         read_weight_file(tmp_path / "missing.pt")
 
 
+@pytest.mark.parametrize("offset, shape, strides", [(0, (3,), (2,)), (-1, (2,), (1,)), (3, (2,), (-1,)),
+                                                    (0, (2, 2), (1,))])
+def test_a_tensor_outside_its_storage_is_refused(offset, shape, strides):
+    from raqcodec.weightfile import _rebuild_tensor
+
+    with pytest.raises(CodecError, match="outside its storage"):
+        _rebuild_tensor((np.zeros(4, np.float32), "torch.float32"), offset, shape, strides, False, None)
+    assert _rebuild_tensor((np.arange(4, dtype=np.float32), "torch.float32"), 1, (3,), (1,), False,
+                           None).tolist() == [1, 2, 3]
+
+
 @pytest.mark.parametrize("workers", [1, 3])  # one after the other; threads over uneven parts of the rows
 @pytest.mark.parametrize("cin, cout, height, width", [(16, 16, 7, 9), (32, 3, 5, 12), (24, 40, 6, 4)])
 def test_layers_match_torch(cin, cout, height, width, workers, monkeypatch):
