@@ -10,7 +10,6 @@ Only the "gdn" backbone is implemented; `supports` tells the caller when to use 
 """
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -58,11 +57,9 @@ class _Generator:
                  w[f"{name}.bias_ih_l{n}"] + w[f"{name}.bias_hh_l{n}"]) for n in range(self.cfg.generator_layers)]
 
     def _size_embedding(self, size: int) -> np.ndarray:
-        """size_embed(log2(eK) scaled to [0, 1]) (hid,), as CodebookGenerator._size_feature."""
-        cfg, w = self.cfg, self.weights
-        lo = math.log2(cfg.size_feature_lo or cfg.min_codebook_size)
-        hi = math.log2(cfg.max_codebook_size)
-        u = np.array([[(math.log2(size) - lo) / max(hi - lo, 1e-9)]], dtype=np.float32)
+        """size_embed(cfg.size_feature(eK)) (hid,), as CodebookGenerator."""
+        w = self.weights
+        u = np.array([[self.cfg.size_feature(size)]], dtype=np.float32)
         first = np.tanh(u @ w["size_embed.0.weight"].T + w["size_embed.0.bias"])
         return (first @ w["size_embed.2.weight"].T + w["size_embed.2.bias"])[0]
 

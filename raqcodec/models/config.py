@@ -45,6 +45,15 @@ class ModelConfig:
         """Dimension of one codeword (d / groups)."""
         return self.latent_dim // self.groups
 
+    def size_feature(self, size: int) -> float:
+        """The RAQ generator's input for eK = size: log2(eK) scaled to [0, 1] from size_feature_lo (default: the
+        smallest eK) to the largest eK."""
+        import math
+
+        lo = math.log2(self.size_feature_lo or self.min_codebook_size)
+        hi = math.log2(self.max_codebook_size)
+        return (math.log2(size) - lo) / max(hi - lo, 1e-9)
+
     def raw_bpp(self, codebook_size: int | tuple[int, ...]) -> float:
         """Fixed-length rate in bits per pixel for codebook size eK, or one eK per stage (no entropy coding)."""
         import math

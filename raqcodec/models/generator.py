@@ -22,8 +22,6 @@ Choices where the paper and its reference code disagree (see ../shared/method/ra
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -46,12 +44,8 @@ class CodebookGenerator(nn.Module):
         self.out_proj = nn.Linear(hid, cfg.group_dim)
 
     def _size_feature(self, size: int, device: torch.device) -> torch.Tensor:
-        """log2(eK) scaled to [0, 1] from size_feature_lo (default: the smallest eK) to the largest, shape (1, 1),
-        in the dtype of the generator's weights."""
-        lo = math.log2(self.cfg.size_feature_lo or self.cfg.min_codebook_size)
-        hi = math.log2(self.cfg.max_codebook_size)
-        u = (math.log2(size) - lo) / max(hi - lo, 1e-9)
-        return torch.tensor([[u]], dtype=self.size_embed[0].weight.dtype, device=device)
+        """cfg.size_feature(size) as a (1, 1) tensor in the dtype of the generator's weights."""
+        return torch.tensor([[self.cfg.size_feature(size)]], dtype=self.size_embed[0].weight.dtype, device=device)
 
     def _decoder_inputs(self, base_in: torch.Tensor, size: int) -> torch.Tensor:
         """Cross-forcing inputs (eK, G, hid) from projected base codewords base_in (K, G, hid)."""
