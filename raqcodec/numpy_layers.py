@@ -1,4 +1,4 @@
-"""The decoder's layers in numpy (no torch): convolutions, GDN and an LSTM, on channels-last float32 arrays.
+"""The decoder's layers in numpy (no torch): convolutions, IGDN and an LSTM, on channels-last float32 arrays.
 
 Images are (H, W, C). Between layers they live in a `Padded` buffer: a border of one zero on every side and one
 more zero row at the bottom, so a layer reads its input's taps without a padded copy (on the 2-core KVM machine,
@@ -100,7 +100,7 @@ def _chunk_groups(stop: int, step: int, count: int) -> list[tuple[int, int]]:
 class Padded:
     """An (H, W, C) float32 image inside a zero border: `buffer` (H + 3, W + 2, C), the image at [1:H+1, 1:W+1].
 
-    Layers write only the interior; elementwise steps that keep zero at zero (LeakyReLU, GDN, sums of padded
+    Layers write only the interior; elementwise steps that keep zero at zero (LeakyReLU, IGDN, sums of padded
     images) may run on the whole buffer.
     """
 
@@ -190,15 +190,19 @@ def conv3x3(x: Padded, weight: np.ndarray, bias: np.ndarray) -> Padded:
     return out
 
 
+def transposed_conv_taps(kernel: int, stride: int, padding: int) -> dict[int, dict[int, int]]:
+    """A transposed convolution as stride ordinary correlations per axis: for each output phase r, {input offset
+    d: kernel index r + padding - stride * d} of the taps inside the kernel, so that output pixel stride * q + r
+    sums x[q + d] * weight[index] over them (also used by models/transforms.PolyphaseConvTranspose2d)."""
+    return {r: {d: r + padding - stride * d for d in range(-kernel, kernel + 1)
+                if 0 <= r + padding - stride * d < kernel} for r in range(stride)}
+
+
 # The nine input offsets (dy, dx) of a k=5, stride-2 transposed convolution, ordered so that each output phase's
 # taps are a contiguous range: phase (0, 1) the first 6, (1, 1) 2..5, (1, 0) 2..7, (0, 0) all 9.
 _DECONV_OFFSETS = [(-1, 0), (-1, 1), (0, 0), (0, 1), (1, 0), (1, 1), (0, -1), (1, -1), (-1, -1)]
 _PHASE_RANGES = {(0, 0): (0, 9), (0, 1): (0, 6), (1, 0): (2, 8), (1, 1): (2, 6)}
-
-
-def _phase_tap(phase: int, offset: int) -> int:
-    """Kernel index of input offset d for output phase r (k=5, s=2, p=2): k = r + 2 - 2d."""
-    return phase + 2 - 2 * offset
+_DECONV_TAPS = transposed_conv_taps(5, 2, 2)
 
 
 def _phase_matrix(weight: np.ndarray, ry: int, rx: int, a: int, b: int) -> np.ndarray:
@@ -207,13 +211,13 @@ def _phase_matrix(weight: np.ndarray, ry: int, rx: int, a: int, b: int) -> np.nd
     matrix = np.empty((b - a, cin, cout), dtype=np.float32)
     for t in range(a, b):
         dy, dx = _DECONV_OFFSETS[t]
-        matrix[t - a] = weight[:, :, _phase_tap(ry, dy), _phase_tap(rx, dx)]
+        matrix[t - a] = weight[:, :, _DECONV_TAPS[ry][dy], _DECONV_TAPS[rx][dx]]
     return matrix.reshape((b - a) * cin, cout)
 
 
 class TransposedConv:
     """ConvTranspose2d(k=5, stride=2, padding=2, output_padding=1) as torch's, with its matrices prepared once:
-    weight (C_in, C_out, 5, 5), bias (C_out,); then, if given (beta, gamma), IGDN (see `gdn`), applied to each
+    weight (C_in, C_out, 5, 5), bias (C_out,); then, if given (beta, gamma), IGDN (see `igdn`), applied to each
     chunk of output rows while it is in cache.
 
     Wide layers run one matrix product per phase over its own taps (25 taps in all: no zero terms). Layers of
@@ -283,7 +287,7 @@ class TransposedConv:
                     product = patch[:, a * cin:b * cin] @ matrix
                     np.add(product.reshape(r1 - r0, wp, cout)[:, :width], self.bias, out=rows[:, ry, :, rx])
             if self.igdn is not None:  # whole target rows: their border pixels are zero and stay zero
-                gdn(target[first:first + 2 * (r1 - r0)], *self.igdn, inverse=True)
+                igdn(target[first:first + 2 * (r1 - r0)], *self.igdn)
 
 
 def upsample_pair(x: Padded, first: TransposedConv, second: TransposedConv, band_rows: int = 32) -> Padded:
@@ -310,9 +314,9 @@ def upsample_pair(x: Padded, first: TransposedConv, second: TransposedConv, band
     return out
 
 
-def gdn(x: np.ndarray, beta: np.ndarray, gamma: np.ndarray, inverse: bool) -> np.ndarray:
-    """GDN (inverse: IGDN) in place on x (..., C): x_c * (beta_c + sum_j gamma_cj x_j^2)^(-1/2 or +1/2), with
-    the effective (already reparametrised) beta (C,) and gamma (C, C). Returns x. Zero stays zero."""
+def igdn(x: np.ndarray, beta: np.ndarray, gamma: np.ndarray) -> np.ndarray:
+    """Inverse GDN in place on x (..., C): x_c * sqrt(beta_c + sum_j gamma_cj x_j^2), with the effective (already
+    reparametrised) beta (C,) and gamma (C, C). Returns x. Zero stays zero."""
     c = x.shape[-1]
     flat = x.reshape(-1, c)
     gamma_t = np.ascontiguousarray(gamma.T)
@@ -322,10 +326,7 @@ def gdn(x: np.ndarray, beta: np.ndarray, gamma: np.ndarray, inverse: bool) -> np
         norm = np.square(part) @ gamma_t
         norm += beta
         np.sqrt(norm, out=norm)
-        if inverse:
-            part *= norm
-        else:
-            part /= norm
+        part *= norm
     return x
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from raqcodec.models.config import ModelConfig
 from raqcodec.models.gdn import GDN, ResidualBlock
+from raqcodec.numpy_layers import transposed_conv_taps
 
 
 class PaperResBlock(nn.Module):
@@ -100,17 +101,17 @@ class PolyphaseConvTranspose2d(nn.ConvTranspose2d):
         """(weight (s*s*C', C_in, n, n), bias (s*s*C',), padding before, padding after) of the phase convolution;
         channel c * s*s + ry * s + rx is output channel c at phase (ry, rx), pixel_shuffle's order."""
         k, s, p = self.kernel_size[0], self.stride[0], self.padding[0]
-        taps = {r: [(d, r + p - s * d) for d in range(-k, k + 1) if 0 <= r + p - s * d < k] for r in range(s)}
-        low = min(d for r in taps for d, _ in taps[r])
-        high = max(d for r in taps for d, _ in taps[r])
+        taps = transposed_conv_taps(k, s, p)
+        low = min(d for r in taps for d in taps[r])
+        high = max(d for r in taps for d in taps[r])
         channels = self.out_channels
         while (s * s * channels) % 16:
             channels += 1
         weight = self.weight.new_zeros(channels, s, s, self.in_channels, high - low + 1, high - low + 1)
         for ry in range(s):
-            for dy, ky in taps[ry]:
+            for dy, ky in taps[ry].items():
                 for rx in range(s):
-                    for dx, kx in taps[rx]:
+                    for dx, kx in taps[rx].items():
                         weight[:self.out_channels, ry, rx, :, dy - low, dx - low] = self.weight[:, :, ky, kx].t()
         bias = self.weight.new_zeros(channels)
         if self.bias is not None:
