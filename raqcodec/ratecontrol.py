@@ -356,10 +356,12 @@ def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float,
 
     File size grows along the ladder (nearly monotonically). A binary search first runs on a sample of the
     latent (every SAMPLE_STRIDE-th row and column, counts scaled up; it underestimates large codebooks' sizes
-    by up to 9 %), then a walk on the whole latent's predicted sizes (adaptive_bits) moves from the sample's
-    pick to the highest setting that fits: the same result as a binary search on the whole latent, for about
-    half its distance computations. Only the pick is planned. Stage 1 at the largest eK, which rate-aware
-    coding above any pick near it needs, is quantised through `candidates` (_seed_first_stage).
+    by up to 9 %; when the sample's pick does not fit, a second search below it runs on the sample's sizes
+    scaled by the whole latent's at that pick), then a walk on the whole latent's predicted sizes (adaptive_bits)
+    moves from the sample's pick to the highest setting that fits: the same result as a binary search on the
+    whole latent, for about half its distance computations. Only the pick is planned. Stage 1 at the largest
+    eK, which rate-aware coding above any pick near it needs, is quantised through `candidates`
+    (_seed_first_stage).
     """
     ladder = search_ladder(model)
     largest, candidates = model.cfg.max_codebook_size, {} if candidates is None else candidates
@@ -369,23 +371,40 @@ def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float,
     prefixes: PrefixCache = {}
     sample_prefixes: PrefixCache = {}
 
-    def sample_fits(i: int) -> bool:
+    @functools.cache
+    def sample_bits(i: int) -> float:
         sample_grids = quantize_latent(model, sample, ladder[i], model.codebooks(ladder[i]), sample_prefixes)
-        return _grid_bits(sample_grids, ladder[i], weight) + 8 * _overhead_bytes(ladder[i]) <= budget
+        return _grid_bits(sample_grids, ladder[i], weight)
 
-    @functools.cache  # the walk below may ask twice for one setting
-    def fits(i: int) -> bool:
+    @functools.cache
+    def bits(i: int) -> float:
         if ladder[i][0] == largest and (largest,) not in prefixes:
             _seed_first_stage(model, latent, largest, prefixes, candidates)
         grids[i] = quantize_latent(model, latent, ladder[i], model.codebooks(ladder[i]), prefixes)
-        return _grid_bits(grids[i], ladder[i]) + 8 * _overhead_bytes(ladder[i]) <= budget
+        return _grid_bits(grids[i], ladder[i])
 
-    search = fits if sample is latent else sample_fits  # a small latent is its own sample: quantise it once
-    lo, hi = -1, len(ladder)  # invariant: lo fits (or is before the ladder), hi does not (or is past its end)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if search(mid) else (lo, mid)
-    pick = max(lo, 0)
+    def fits(i: int) -> bool:
+        return bits(i) + 8 * _overhead_bytes(ladder[i]) <= budget
+
+    def sample_fits(i: int, scale: float) -> bool:
+        """Whether ladder[i] fits on the sample's sizes x scale (a latent that is its own sample: its own)."""
+        return fits(i) if sample is latent else scale * sample_bits(i) + 8 * _overhead_bytes(ladder[i]) <= budget
+
+    def highest_fitting(lo: int, hi: int, scale: float) -> int:
+        """Binary search between lo (fits, or -1) and hi (does not fit, or past the ladder's end)."""
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if sample_fits(mid, scale) else (lo, mid)
+        return lo
+
+    pick = max(highest_fitting(-1, len(ladder), 1.0), 0)
+    if sample is not latent and pick > 0 and not fits(pick):
+        # The sample underestimates large codebooks' sizes: scale its sizes to the whole latent's at the pick
+        # and search again below it, galloping down from it, so that the walk below starts next to its end.
+        scale, hi, step = bits(pick) / sample_bits(pick), pick, 1
+        while hi - step >= 0 and not sample_fits(hi - step, scale):
+            hi, step = hi - step, 2 * step
+        pick = max(highest_fitting(max(hi - step, -1), hi, scale), 0)
     if fits(pick):
         while pick + 1 < len(ladder) and fits(pick + 1):
             pick += 1
