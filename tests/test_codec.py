@@ -122,6 +122,41 @@ def test_sampled_ladder_search_ends_where_the_whole_latent_search_would(tiny_mod
     assert ratecontrol._nearest_pick(tiny_model, latent, 1e-3) == (ladder[0], None)  # nothing fits
 
 
+def test_ladder_search_recalibrates_a_sample_that_underestimates(tiny_model, monkeypatch):
+    """When the sample's pick does not fit the whole latent, the search below it runs on the sample's sizes scaled
+    to the whole latent's: the pick is still the whole-latent search's, reached with few whole-latent
+    quantisations although the sample here underestimates every size by half."""
+    from raqcodec import ratecontrol
+
+    monkeypatch.setattr(ratecontrol, "SAMPLE_MIN_POSITIONS", 16)
+    sample = ratecontrol._sample
+    monkeypatch.setattr(ratecontrol, "_sample", lambda latent: (sample(latent)[0], sample(latent)[1] / 2))
+    latent = analyse(tiny_model, synthetic_image(128, 160, seed=7))
+    ladder = ratecontrol.search_ladder(tiny_model)
+    whole = []
+    quantize = ratecontrol.quantize_latent
+
+    def counted(model, lat, setting, tables, cache=None):
+        whole.extend([setting] if lat is latent else [])
+        return quantize(model, lat, setting, tables, cache)
+
+    monkeypatch.setattr(ratecontrol, "quantize_latent", counted)
+
+    def fits(setting, bpp):
+        grids = quantize(tiny_model, latent, setting, tiny_model.codebooks(setting))
+        return ratecontrol._grid_bits(grids, setting) + 8 * ratecontrol._overhead_bytes(setting) \
+            <= bpp * latent.width * latent.height
+
+    smallest = encode_latent(tiny_model, latent, 16).bpp
+    largest = encode_latent(tiny_model, latent, tiny_model.cfg.max_codebook_size).bpp
+    for target in np.linspace(smallest, largest, 4)[1:3]:
+        whole.clear()
+        pick = ratecontrol._nearest_pick(tiny_model, latent, float(target))[0]
+        i = ladder.index(pick)
+        assert fits(pick, target) and not fits(ladder[i + 1], target)
+        assert len(whole) <= 4, whole
+
+
 def test_shared_stage_one_candidates_equal_those_computed_afresh(tiny_model, monkeypatch):
     """Rate control quantises stage 1 at the largest eK once (_seed_first_stage): the nearest codewords it
     gives the ladder search are those computed on their own (or, where two codewords' computed distances are
