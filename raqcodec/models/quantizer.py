@@ -5,6 +5,8 @@ one table of n codewords per group; indices are (B, G, h, w) int64.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,34 +129,95 @@ def nearest_candidates(vectors: torch.Tensor, codebook: torch.Tensor, count: int
     return dist, idx
 
 
+# Weight of the order-0 distribution in context_bits' mixture: one of the CONTEXT model's MIX_WEIGHTS (the writer
+# picks the best per group; the encoder's estimate uses one).
+CONTEXT_ALPHA = 32.0
+
+
 @torch.no_grad()
 def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, codebook_size: int, lam: float,
-                                passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+                                passes: int, grid: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy-constrained VQ (Chou, Lookabaugh and Gray 1989) among each vector's nearest candidates.
 
     dist, candidates: (G, N, m) from nearest_candidates. Each vector takes the candidate minimising squared
-    distance + lam * bits, where bits(k) = -log2 of codeword k's share of its group's current assignment
-    (counts + 1/2, the order-0 cost an adaptive coder converges to). The assignment starts at the nearest
-    codewords and is re-estimated up to `passes` times: a pass that keeps every choice is a fixed point, and
-    the passes left would repeat it (rate control on 4 Kodak images: at 1.2 bpp 81 of 138 calls reach one,
-    and 198 of their 552 passes are skipped; at 0.1 bpp 12 of 116 calls, 10 passes; at 0.5 bpp none of 80).
-    lam: squared-distance units per bit (0: nearest).
+    distance + lam * bits, where bits are the code length under the current assignment: without `grid`,
+    -log2 of codeword k's share of its group (counts + 1/2, the order-0 cost an adaptive coder converges to);
+    with grid = (h, w), N = h * w positions in raster order, the CONTEXT model's cost (`context_bits`).
+    The assignment starts at the nearest codewords and is re-estimated up to `passes` times: a pass that keeps
+    every choice is a fixed point, and the passes left would repeat it (rate control on 4 Kodak images, order-0:
+    at 1.2 bpp 81 of 138 calls reach one, and 198 of their 552 passes are skipped; at 0.1 bpp 12 of 116 calls,
+    10 passes; at 0.5 bpp none of 80). lam: squared-distance units per bit (0: nearest).
     Returns (indices (G, N) int64, their squared distances (G, N)).
     """
     slot = torch.zeros(candidates.shape[:2] + (1,), dtype=torch.long, device=candidates.device)
-    if lam > 0:
-        g, n, m = candidates.shape
-        flat = candidates.reshape(g, n * m)
+    if lam <= 0:
+        return candidates[..., 0], dist[..., 0]
+    costs = [functools.partial(order0_bits, codebook_size=codebook_size)]
+    if grid is not None:  # from the order-0 choice: from the nearest, kodim04 lost 0.16 / 0.37 dB at 0.1 / 0.3 bpp
+        costs.append(functools.partial(context_bits, codebook_size=codebook_size, height=grid[0], width=grid[1]))
+    for bits_of in costs:
         for _ in range(passes):
-            choice = torch.gather(candidates, 2, slot)[..., 0]
-            counts = torch.zeros(g, codebook_size, device=dist.device).scatter_add_(
-                1, choice, torch.ones_like(choice, dtype=torch.float32))
-            bits = torch.log2(counts.sum(1, keepdim=True) + 0.5 * codebook_size) - torch.log2(counts + 0.5)
-            chosen = (dist + lam * torch.gather(bits, 1, flat).reshape(g, n, m)).argmin(-1, keepdim=True)
+            bits = bits_of(torch.gather(candidates, 2, slot)[..., 0], candidates)
+            chosen = (dist + lam * bits).argmin(-1, keepdim=True)
             if torch.equal(chosen, slot):
                 break
             slot = chosen
     return torch.gather(candidates, 2, slot)[..., 0], torch.gather(dist, 2, slot)[..., 0]
+
+
+def order0_bits(choice: torch.Tensor, candidates: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """Bits (G, N, m) of every candidate: -log2 of its share of its group in the assignment choice (G, N),
+    counts + 1/2."""
+    g, n, m = candidates.shape
+    counts = torch.zeros(g, codebook_size, device=choice.device).scatter_add_(
+        1, choice, torch.ones_like(choice, dtype=torch.float32))
+    bits = torch.log2(counts.sum(1, keepdim=True) + 0.5 * codebook_size) - torch.log2(counts + 0.5)
+    return torch.gather(bits, 1, candidates.reshape(g, n * m)).reshape(g, n, m)
+
+
+def context_bits(choice: torch.Tensor, candidates: torch.Tensor, codebook_size: int, height: int,
+                 width: int) -> torch.Tensor:
+    """Bits (G, N, m) of every candidate under the CONTEXT entropy model (entropy.py) estimated from the
+    assignment choice (G, N = height * width, raster order):
+
+        -log2 (n_top[t, k] + n_prev[p, k] + CONTEXT_ALPHA * p0[k]) / (n_top[t] + n_prev[p] + CONTEXT_ALPHA)
+
+    t is the index one row above in the same group (no term in row 0), p the index at the same position in the
+    previous group (no term for group 0); n_top[t, k] counts the pairs (t above, k below) of the whole
+    assignment, n_prev[p, k] the pairs (p in the group before, k), n_top[t] and n_prev[p] their sums over k;
+    p0 is the order-0 share (counts + 1/2). The coder adapts these counts row by row; the encoder uses the whole
+    grid's, which is what they converge to. Memory: one (G, eK^2) float32 table (16 MB at eK 1024, G = 4).
+    """
+    g, n, m = candidates.shape
+    grid = choice.reshape(g, height, width)
+    ones = torch.ones(g, n, device=choice.device)
+    p0 = torch.zeros(g, codebook_size, device=choice.device).scatter_add_(1, choice, ones)
+    p0 = (p0 + 0.5) / (n + 0.5 * codebook_size)
+    mixed = CONTEXT_ALPHA * torch.gather(p0, 1, candidates.reshape(g, n * m)).reshape(g, height, width, m)
+    total = torch.full((g, height, width, 1), CONTEXT_ALPHA, device=choice.device)
+    cand = candidates.reshape(g, height, width, m)
+    pairs = torch.zeros(g, codebook_size * codebook_size, device=choice.device)
+
+    def add_context(context: torch.Tensor, symbols: torch.Tensor, target: slice, rows: slice) -> None:
+        """Count the pairs (context, symbol), (G', P) each, into `pairs`; add each candidate's pair count and
+        its context's count to mixed and total at groups `target`, rows `rows`; clear the counts again."""
+        groups = context.shape[0]
+        keys = context * codebook_size + symbols
+        table = pairs[:groups].scatter_add_(1, keys, ones[:groups, :keys.shape[1]])
+        per_context = torch.zeros(groups, codebook_size, device=choice.device).scatter_add_(
+            1, context, ones[:groups, :keys.shape[1]])
+        shape = (groups, -1, width)
+        hits = torch.gather(table, 1, (context[..., None] * codebook_size + cand[target, rows].reshape(groups, -1, m))
+                            .reshape(groups, -1)).reshape(*shape, m)
+        mixed[target, rows] += hits
+        total[target, rows] += torch.gather(per_context, 1, context).reshape(*shape, 1)
+        table.scatter_(1, keys, 0.0)
+
+    if height > 1:  # the index above, rows 1..h-1
+        add_context(grid[:, :-1].reshape(g, -1), grid[:, 1:].reshape(g, -1), slice(None), slice(1, None))
+    if g > 1:  # the same position in the group before, groups 1..G-1
+        add_context(choice[:-1], choice[1:], slice(1, None), slice(None))
+    return (torch.log2(total) - torch.log2(mixed)).reshape(g, n, m)
 
 
 def lookup(indices: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
