@@ -79,6 +79,24 @@ def test_rate_control_fits_the_target_at_least_as_well_as_the_nearest_pick(tiny_
             latent_error(tiny_model, latent, nearest.setting, nearest.indices)
 
 
+@pytest.mark.parametrize("size", [16, 300])
+def test_context_polish_keeps_a_fitting_file_of_no_larger_error(tiny_model, size):
+    """fit_rate_aware's file of a context-coded setting fits the target, has no larger latent error than the
+    order-0 search's, and at a tight target its last stage is chosen with context bits (the index grids
+    differ)."""
+    from raqcodec import ratecontrol
+
+    latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
+    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (size,))
+    target = 0.8 * encode_latent(tiny_model, latent, size).bpp
+    order0, strength = ratecontrol._fit_order0(quantizer, target, 1.0)
+    polished = ratecontrol.fit_rate_aware(quantizer, target, 1.0)
+    assert polished.fits(target)
+    error = ratecontrol.latent_error(tiny_model, latent, (size,), polished.indices)
+    assert error <= ratecontrol.latent_error(tiny_model, latent, (size,), order0.indices)
+    assert not np.array_equal(polished.indices[0], order0.indices[0])
+
+
 @pytest.mark.parametrize("size", [2, 40, 300, 4096])
 def test_a_draft_answers_as_its_written_file_would(tiny_model, size):
     """A Draft's estimated size is within its margin of the file it writes, and its comparisons with a target
