@@ -286,9 +286,9 @@ def fit_rate_aware(quantizer: RateAwareQuantizer, bpp: float, scale: float) -> D
 
 def _context_polish(quantizer: RateAwareQuantizer, fitting: Draft, strength: float, bpp: float) -> Draft:
     """The file of lowest latent error among `fitting` (order-0 choice at strength m, <= bpp) and the last stage
-    chosen with the CONTEXT model's bits (`quantizer.context_bits`) at about the smallest strength whose file
-    fits: at m the context choice codes smaller, so a bisection over planned files runs between m /
-    POLISH_RANGE and m, POLISH_STEPS times."""
+    chosen with the CONTEXT model's bits (`models.quantizer.context_bits`) at about the smallest strength whose
+    file fits: at m the context choice codes smaller, so a bisection over planned files runs between
+    m / POLISH_RANGE and m, POLISH_STEPS times."""
     trial = quantizer.draft(strength, context=True)
     if not trial.fits(bpp):
         return fitting
