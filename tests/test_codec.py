@@ -116,9 +116,19 @@ def test_a_draft_answers_as_its_written_file_would(tiny_model, size):
     assert draft.write().data == written.data
 
 
-def test_sampled_ladder_search_ends_where_the_whole_latent_search_would(tiny_model, monkeypatch):
+def _fits_whole_latent(model, latent, setting, bpp) -> bool:
+    """Whether the nearest-codeword indices of the whole latent at this setting are predicted (adaptive_bits)
+    to fit bpp: what the ladder search's pick must satisfy."""
     from raqcodec import ratecontrol
     from raqcodec.codec import quantize_latent
+
+    grids = quantize_latent(model, latent, setting, model.codebooks(setting))
+    bits = ratecontrol._grid_bits(grids, setting) + 8 * ratecontrol._overhead_bytes(setting)
+    return bits <= bpp * latent.width * latent.height
+
+
+def test_sampled_ladder_search_ends_where_the_whole_latent_search_would(tiny_model, monkeypatch):
+    from raqcodec import ratecontrol
 
     monkeypatch.setattr(ratecontrol, "SAMPLE_MIN_POSITIONS", 16)  # sample this small latent too
     pixels = synthetic_image(128, 160, seed=7)
@@ -127,9 +137,7 @@ def test_sampled_ladder_search_ends_where_the_whole_latent_search_would(tiny_mod
     ladder = ratecontrol.search_ladder(tiny_model)
 
     def fits(setting, bpp):
-        grids = quantize_latent(tiny_model, latent, setting, tiny_model.codebooks(setting))
-        bits = ratecontrol._grid_bits(grids, setting) + 8 * ratecontrol._overhead_bytes(setting)
-        return bits <= bpp * latent.width * latent.height
+        return _fits_whole_latent(tiny_model, latent, setting, bpp)
 
     smallest = encode_latent(tiny_model, latent, 16).bpp
     largest = encode_latent(tiny_model, latent, tiny_model.cfg.max_codebook_size).bpp
@@ -160,10 +168,8 @@ def test_ladder_search_recalibrates_a_sample_that_underestimates(tiny_model, mon
 
     monkeypatch.setattr(ratecontrol, "quantize_latent", counted)
 
-    def fits(setting, bpp):
-        grids = quantize(tiny_model, latent, setting, tiny_model.codebooks(setting))
-        return ratecontrol._grid_bits(grids, setting) + 8 * ratecontrol._overhead_bytes(setting) \
-            <= bpp * latent.width * latent.height
+    def fits(setting, bpp):  # codec.quantize_latent: not counted
+        return _fits_whole_latent(tiny_model, latent, setting, bpp)
 
     smallest = encode_latent(tiny_model, latent, 16).bpp
     largest = encode_latent(tiny_model, latent, tiny_model.cfg.max_codebook_size).bpp
