@@ -181,11 +181,14 @@ class RateAwareQuantizer:
 
     def _choose(self, candidates: tuple[torch.Tensor, torch.Tensor], table: torch.Tensor, strength: float,
                 context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Entropy-constrained choice at strength m; with `context`, bits under the CONTEXT model."""
+        """Entropy-constrained choice at strength m; with `context`, bits under the CONTEXT model, from the
+        order-0 choice at m when the last stage has it already (`_point`)."""
         dist, cand = candidates
         lam = strength * float(dist[..., 0].mean()) / self.model.cfg.group_dim
         grid = (self.height, self.width) if context else None
-        return entropy_constrained_indices(dist, cand, table.shape[1], lam, PASSES, grid)
+        order0 = self._points.get((strength, False)) if context and candidates is self.last else None
+        return entropy_constrained_indices(dist, cand, table.shape[1], lam, PASSES, grid,
+                                           None if order0 is None else order0[0])
 
     def _grid(self, idx: torch.Tensor) -> np.ndarray:
         return idx.reshape(self.model.cfg.groups, self.height, self.width).cpu().numpy().astype(np.int32)

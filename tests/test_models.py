@@ -266,6 +266,22 @@ def test_context_choice_costs_less_under_the_context_coder():
     assert cost((height, width)) < 0.97 * cost(None)
 
 
+def test_context_choice_from_a_given_order0_choice_is_the_same():
+    """Passing the order-0 choice at the same lam (order0=) skips the order-0 passes and changes nothing."""
+    from raqcodec.models.quantizer import entropy_constrained_indices
+
+    gen = torch.Generator().manual_seed(2)
+    groups, height, width, size = 2, 12, 16, 64
+    codebook = torch.randn(groups, size, 4, generator=gen)
+    dist, cand = nearest_candidates(torch.randn(groups, height * width, 4, generator=gen), codebook, 16)
+    lam = 0.5 * float(dist[..., 0].mean())
+    order0, _ = entropy_constrained_indices(dist, cand, size, lam, 4)
+    direct = entropy_constrained_indices(dist, cand, size, lam, 4, (height, width))
+    given = entropy_constrained_indices(dist, cand, size, lam, 4, (height, width), order0)
+    assert not torch.equal(direct[0], cand[..., 0])  # the choice is not the nearest one
+    assert torch.equal(given[0], direct[0]) and torch.equal(given[1], direct[1])
+
+
 @pytest.mark.parametrize("cin, cout, kernel, stride, padding, output_padding", [
     (16, 3, 5, 2, 2, 1),  # the GDN backbone's output layer
     (16, 3, 8, 4, 2, 0),  # the paper backbone's output layer (asymmetric phase window: padded before the conv)
