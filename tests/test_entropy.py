@@ -123,6 +123,18 @@ def test_ideal_matches_reference_derivation():
     assert E.ideal_code_length_bits(x, 20, E.UNIFORM) == pytest.approx(x.size * math.log2(20))
 
 
+def test_adaptive_costs_equal_the_code_lengths_under_the_adaptive_tables():
+    """The encoder's all-blocks-at-once cost of every increment is -log2 of what the coder's own block-by-block
+    tables give each symbol (600 symbols: 7 blocks of unequal lengths)."""
+    symbols = zipf_indices((1, 20, 30), 40, seed=11).reshape(-1)
+    costs = E._adaptive_costs(symbols, 40)
+    for i, increment in enumerate(E.INCREMENTS):
+        bits = 0.0
+        for start, stop, probs in E._adaptive_tables(symbols, 40, increment):
+            bits -= np.log2(probs[symbols[start:stop]]).sum()
+        assert costs[i] == pytest.approx(bits, rel=1e-12)
+
+
 @pytest.mark.parametrize("with_previous", [False, True])
 def test_context_costs_equal_the_code_lengths_under_the_context_tables(with_previous):
     """The encoder's vectorised cost of every (increment, alpha) pair is -log2 of what the coder's own
