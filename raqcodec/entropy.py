@@ -264,8 +264,9 @@ def _adaptive_costs(symbols: np.ndarray, alphabet_size: int) -> np.ndarray:
 
 def _log2(x: np.ndarray) -> np.ndarray:
     """np.log2 of a float64 array, computed by torch: vectorised on AVX2 CPUs, where numpy's float64 log2 is not
-    (a (8, 4, 6144) array: 0.27 against 1.1 ms on the 2-core AVX2 machine). Within one unit in the last place of
-    np.log2. Encoder-side cost estimates only: torch is imported on first use, so decoders never load it."""
+    (a (8, 4, 6144) array: 0.27 against 1.1 ms on the 2-core AVX2 machine; 0.27 % of its values differed from
+    np.log2's, by one unit in the last place). Encoder-side cost estimates only: torch is imported on first use,
+    so decoders never load it."""
     import torch
 
     return torch.log2(torch.from_numpy(x)).numpy()
