@@ -163,7 +163,7 @@ def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, co
     for bits_of in costs:
         for _ in range(passes):
             bits = bits_of(torch.gather(candidates, 2, slot)[..., 0], candidates)
-            chosen = (dist + lam * bits).argmin(-1, keepdim=True)
+            chosen = bits.mul_(lam).add_(dist).argmin(-1, keepdim=True)  # dist + lam * bits, in place
             if torch.equal(chosen, slot):
                 break
             slot = chosen
