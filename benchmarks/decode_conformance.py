@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/decode_conformance.py ../shared/data/kodak --json benchmarks/results/decode_conformance.json
 
-Every image is encoded once per setting; each file is decoded with every thread count of --threads (in this
-process, torch.set_num_threads; timed, s/MP) and the decoded indices and pixels are compared with the first
-thread count's: files whose indices differ (must be none: index decoding is exact), files whose pixels differ, the
-number of differing pixel values and the largest difference (levels of 255). Prints JSON (also --json).
+Every image is encoded once per setting (and once per --bpp target, with rate control); each file is decoded
+with every thread count of --threads (in this process, torch.set_num_threads; timed, s/MP) and the decoded
+indices and pixels are compared with the first thread count's: files whose indices differ (must be none: index
+decoding is exact), files whose pixels differ, the number of differing pixel values and the largest difference
+(levels of 255). Prints JSON (also --json).
 
 Across environments (another torch version or machine): --save DIR keeps this run's files and pixels; a run
 elsewhere with --against DIR compares its own files with those bytes and decodes them, comparing the pixels:
@@ -45,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--settings", default="16,256,4096+256")
+    parser.add_argument("--bpp", default="", help="also encode with rate control at these targets (bits per pixel)")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--model", default=None)
     parser.add_argument("--json", default="benchmarks/results/decode_conformance.json")
@@ -58,9 +60,10 @@ def main() -> None:
     decoder = model if args.precision == "float32" else exact_decoder(model)
     threads = [int(t) for t in args.threads.split(",")]
     settings = args.settings.split(",")
-    sources = [path for path in list_images(args.folder) for _ in settings]
-    files = [encode(path, codebook_size=setting, model=model).data
-             for path in list_images(args.folder) for setting in settings]
+    requests = [{"codebook_size": setting} for setting in settings]
+    requests += [{"bpp": float(target)} for target in args.bpp.split(",") if target]
+    sources = [path for path in list_images(args.folder) for _ in requests]
+    files = [encode(path, model=model, **request).data for path in list_images(args.folder) for request in requests]
     megapixels = sum(header.width * header.height for header in map(raqcodec.read_header, files)) / 1e6
     decoded: dict[int, list[tuple[list[np.ndarray], np.ndarray]]] = {}
     seconds_per_megapixel = {}
@@ -84,7 +87,7 @@ def main() -> None:
         diffs = [np.abs(ref[1] - got[1]) for ref, got in zip(reference, decoded[count])]
         rows[f"{threads[0]}_vs_{count}"] = {"files": len(files), "files_with_different_indices": index_files,
                                             **pixel_differences(diffs)}
-    doc = {"folder": str(args.folder), "settings": settings, "torch": torch.__version__,
+    doc = {"folder": str(args.folder), "settings": settings, "bpp": args.bpp, "torch": torch.__version__,
            "device": str(model.base.embed.device), "precision": args.precision,
            "decode_seconds_per_megapixel_by_threads": seconds_per_megapixel, "comparisons": rows}
     if args.numpy:
