@@ -304,7 +304,7 @@ def test_polyphase_transposed_convolution_matches_the_parent(cin, cout, kernel, 
         assert torch.equal(layer(x.double()), nn.ConvTranspose2d.forward(layer, x.double()))
 
 
-def test_fast_gdn_inference_matches_gdn_and_chunks_do_not_change_it(monkeypatch):
+def test_fast_gdn_inference_matches_gdn_and_chunks_agree(monkeypatch):
     from raqcodec.models.gdn import GDN
     from raqcodec.models.transforms import FastGDN
 
@@ -319,5 +319,8 @@ def test_fast_gdn_inference_matches_gdn_and_chunks_do_not_change_it(monkeypatch)
             whole = fast(x)
             torch.testing.assert_close(whole, plain(x))
             monkeypatch.setattr(FastGDN, "PIXEL_CHUNK", 16)  # 7 chunks, the last one short
-            assert torch.equal(fast(x), whole)
+            chunked = fast(x)
+            # Bit-equal on the 2-core AVX2 machine, but not everywhere: the BLAS may pick another kernel for a
+            # 16-row product (the H200 machine's 16-core CPU, torch 2.11, rounded differently): allow rounding.
+            torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
             monkeypatch.undo()

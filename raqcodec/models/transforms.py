@@ -38,8 +38,9 @@ class FastGDN(GDN):
     and product work in place: a third less time than the parent at 128 channels on a 2-core CPU. It runs
     PIXEL_CHUNK pixels at a time into one output, so the squares and norms of a chunk stay in cache and no
     image-sized temporary is allocated. For a 384x256x128 input on the 2-core AVX2 machine (best of 9, two
-    runs): 47-49 -> 30-37 ms with allocator.keep_freed_memory, 99-105 -> 69-76 ms without; the same output bit
-    for bit.
+    runs): 47-49 -> 30-37 ms with allocator.keep_freed_memory, 99-105 -> 69-76 ms without. Chunked and whole
+    products gave the same bits there, but not on a 16-core CPU with torch 2.11 (its BLAS rounds a short product
+    differently): the chunk size may move float32 results by rounding.
     """
 
     PIXEL_CHUNK = 4096  # pixels per matrix product: 2 MB of float32 squares at 128 channels
