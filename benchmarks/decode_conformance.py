@@ -62,8 +62,9 @@ def main() -> None:
     settings = args.settings.split(",")
     requests = [{"codebook_size": setting} for setting in settings]
     requests += [{"bpp": float(target)} for target in args.bpp.split(",") if target]
-    sources = [path for path in list_images(args.folder) for _ in requests]
-    files = [encode(path, model=model, **request).data for path in list_images(args.folder) for request in requests]
+    jobs = [(path, request) for path in list_images(args.folder) for request in requests]
+    sources = [path for path, _ in jobs]
+    files = [encode(path, model=model, **request).data for path, request in jobs]
     megapixels = sum(header.width * header.height for header in map(raqcodec.read_header, files)) / 1e6
     decoded: dict[int, list[tuple[list[np.ndarray], np.ndarray]]] = {}
     seconds_per_megapixel = {}
