@@ -317,11 +317,24 @@ def _context_tables(grid: np.ndarray, previous: np.ndarray | None, alphabet_size
         counts += increment * np.bincount(symbols, minlength=alphabet_size)
 
 
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """np.argsort(keys, kind="stable") of non-negative int64 keys under 2^32 (here symbols under MAX_ALPHABET =
+    2^16, or pair keys under CONTEXT_MAX_ALPHABET^2 = 2^20), by one or two stable passes over 16-bit digits, low
+    digit first: numpy sorts uint16 keys by radix, 6 to 10 times faster than int64 keys (6,144 keys on the
+    2-core AVX2 machine: 31-52 against 290-325 us)."""
+    low = (keys & 0xFFFF).astype(np.uint16)
+    order = np.argsort(low, kind="stable")
+    high = keys[order] >> 16
+    if not high.any():
+        return order
+    return order[np.argsort(high.astype(np.uint16), kind="stable")]
+
+
 def _earlier_counts(keys: np.ndarray, blocks: np.ndarray) -> np.ndarray:
     """keys (n,) int64, blocks (n,) their block numbers, non-decreasing -> (n,) int64: for each element, how many
     elements of the blocks before its own hold the same key (what a table updated after each block has counted
     when the element is coded)."""
-    order = np.argsort(keys, kind="stable")  # by key, then by position, so by block
+    order = _stable_order(keys)  # by key, then by position, so by block
     sorted_keys, sorted_blocks = keys[order], blocks[order]
     position = np.arange(keys.size)
     new_key = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]

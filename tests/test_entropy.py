@@ -135,6 +135,18 @@ def test_adaptive_costs_equal_the_code_lengths_under_the_adaptive_tables():
         assert costs[i] == pytest.approx(bits, rel=1e-12)
 
 
+@pytest.mark.parametrize("high", [2 ** 12, 2 ** 20, 2 ** 31])
+def test_stable_order_equals_a_stable_argsort(high):
+    """The encoder's radix order of keys (one 16-bit pass, or two) is np.argsort(kind="stable")'s, ties in
+    position order included: keys below 2^12 (a single pass), and pair keys up to 2^20 and 2^31 with many
+    repeated keys that differ only in their high digit."""
+    rng = np.random.default_rng(high)
+    keys = rng.integers(0, high, 5000, dtype=np.int64)
+    keys[::3] = keys[0]  # ties
+    keys[1::7] = (keys[1::7] & 0xFFFF) | (rng.integers(0, high >> 16, keys[1::7].size) << 16 if high > 2 ** 16 else 0)
+    assert np.array_equal(E._stable_order(keys), np.argsort(keys, kind="stable"))
+
+
 @pytest.mark.parametrize("with_previous", [False, True])
 def test_context_costs_equal_the_code_lengths_under_the_context_tables(with_previous):
     """The encoder's vectorised cost of every (increment, alpha) pair is -log2 of what the coder's own
