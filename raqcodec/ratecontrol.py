@@ -181,14 +181,31 @@ class RateAwareQuantizer:
 
     def _choose(self, candidates: tuple[torch.Tensor, torch.Tensor], table: torch.Tensor, strength: float,
                 context: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Entropy-constrained choice at strength m; with `context`, bits under the CONTEXT model, from the
-        order-0 choice at m when the last stage has it already (`_point`)."""
+        """Entropy-constrained choice at strength m; with `context`, bits under the CONTEXT model, starting from
+        `_context_start`."""
         dist, cand = candidates
         lam = strength * float(dist[..., 0].mean()) / self.model.cfg.group_dim
         grid = (self.height, self.width) if context else None
-        order0 = self._points.get((strength, False)) if context and candidates is self.last else None
-        return entropy_constrained_indices(dist, cand, table.shape[1], lam, PASSES, grid,
-                                           None if order0 is None else order0[0])
+        start = self._context_start(strength) if context and candidates is self.last else None
+        return entropy_constrained_indices(dist, cand, table.shape[1], lam, PASSES, grid, start)
+
+    def _context_start(self, strength: float) -> torch.Tensor | None:
+        """Last-stage indices (G, N) from which the context choice at m starts: the order-0 choice at m when it
+        was computed (`_point`), else the context choice at the strength nearest m (on a log scale) already
+        computed, else None (the order-0 passes at m run first).
+
+        The second case is _context_polish's bisection. Starting there instead of from the order-0 choice at m
+        saves its order-0 passes and gave better files: on 12 Kodak images (odd numbers) and 16 BSDS500
+        validation photos at 0.1 to 1.2 bpp, BD-rate -1.84 % and -1.26 % (decoded PSNR; +0.06 to +0.12 dB at
+        0.2 and 0.3 bpp, -0.02 to -0.04 dB at 0.1 bpp with files 1 % smaller), rate control 9 to 14 % faster
+        at 0.1 bpp (ad hoc, 2026-11-28)."""
+        order0 = self._points.get((strength, False))
+        if order0 is not None:
+            return order0[0]
+        nearby = [m for m, context in self._points if context]
+        if not nearby:
+            return None
+        return self._points[min(nearby, key=lambda m: abs(math.log(m / strength))), True][0]
 
     def _grid(self, idx: torch.Tensor) -> np.ndarray:
         return idx.reshape(self.model.cfg.groups, self.height, self.width).cpu().numpy().astype(np.int32)
@@ -291,7 +308,8 @@ def _context_polish(quantizer: RateAwareQuantizer, fitting: Draft, strength: flo
     """The file of lowest latent error among `fitting` (order-0 choice at strength m, <= bpp) and the last stage
     chosen with the CONTEXT model's bits (`models.quantizer.context_bits`) at about the smallest strength whose
     file fits: at m the context choice codes smaller, so a bisection over planned files runs between
-    m / POLISH_RANGE and m, POLISH_STEPS times."""
+    m / POLISH_RANGE and m, POLISH_STEPS times, each step's choice starting from the context choice at the
+    nearest strength tried (`RateAwareQuantizer._context_start`)."""
     trial = quantizer.draft(strength, context=True)
     if not trial.fits(bpp):
         return fitting

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from conftest import synthetic_image
 
 import raqcodec
@@ -81,9 +82,8 @@ def test_rate_control_fits_the_target_at_least_as_well_as_the_nearest_pick(tiny_
 
 @pytest.mark.parametrize("size", [16, 300])
 def test_context_polish_keeps_a_fitting_file_of_no_larger_error(tiny_model, size):
-    """fit_rate_aware's file of a context-coded setting fits the target, has no larger latent error than the
-    order-0 search's, and at a tight target its last stage is chosen with context bits (the index grids
-    differ)."""
+    """fit_rate_aware's file of a context-coded setting fits the target and is the one of lowest latent error
+    among the order-0 search's file and the context choices it tried whose files fit (at least one tried)."""
     from raqcodec import ratecontrol
 
     latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
@@ -92,9 +92,28 @@ def test_context_polish_keeps_a_fitting_file_of_no_larger_error(tiny_model, size
     order0, strength = ratecontrol._fit_order0(quantizer, target, 1.0)
     polished = ratecontrol.fit_rate_aware(quantizer, target, 1.0)
     assert polished.fits(target)
+    tried = [m for m, context in quantizer._points if context]
+    fitting = [quantizer.error(m, context=True) for m in tried if quantizer.draft(m, context=True).fits(target)]
+    assert tried and fitting
     error = ratecontrol.latent_error(tiny_model, latent, (size,), polished.indices)
-    assert error <= ratecontrol.latent_error(tiny_model, latent, (size,), order0.indices)
-    assert not np.array_equal(polished.indices[0], order0.indices[0])
+    assert error == pytest.approx(min([quantizer.error(strength)] + fitting), rel=1e-6)
+
+
+def test_context_choice_starts_from_the_order0_choice_or_the_nearest_context_choice(tiny_model):
+    """The context choice at m starts from the order-0 choice at m when there is one, else from the context
+    choice at the strength nearest m (log scale), else from nothing (its own order-0 passes)."""
+    from raqcodec import ratecontrol
+
+    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, analyse(tiny_model, synthetic_image(96, 120, seed=4)),
+                                               (300,))
+    assert quantizer._context_start(1.0) is None
+    quantizer.error(2.0)  # order-0 at m = 2
+    assert torch.equal(quantizer._context_start(2.0), quantizer._point(2.0)[0])
+    for strength in (0.1, 8.0):
+        quantizer.error(strength, context=True)
+    assert torch.equal(quantizer._context_start(0.25), quantizer._point(0.1, context=True)[0])
+    assert torch.equal(quantizer._context_start(3.0), quantizer._point(8.0, context=True)[0])  # log: nearer 8
+    assert not torch.equal(quantizer._point(0.1, context=True)[0], quantizer._point(8.0, context=True)[0])
 
 
 @pytest.mark.parametrize("size", [2, 40, 300, 4096])

@@ -267,7 +267,7 @@ def test_context_choice_costs_less_under_the_context_coder():
 
 
 def test_context_choice_from_a_given_order0_choice_is_the_same():
-    """Passing the order-0 choice at the same lam (order0=) skips the order-0 passes and changes nothing."""
+    """Passing the order-0 choice at the same lam (start=) skips the order-0 passes and changes nothing."""
     from raqcodec.models.quantizer import entropy_constrained_indices
 
     gen = torch.Generator().manual_seed(2)

@@ -137,7 +137,7 @@ CONTEXT_ALPHA = 32.0
 @torch.no_grad()
 def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, codebook_size: int, lam: float,
                                 passes: int, grid: tuple[int, int] | None = None,
-                                order0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy-constrained VQ (Chou, Lookabaugh and Gray 1989) among each vector's nearest candidates.
 
     dist, candidates: (G, N, m) from nearest_candidates. Each vector takes the candidate minimising squared
@@ -147,17 +147,18 @@ def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, co
     The assignment starts at the nearest codewords and is re-estimated up to `passes` times: a pass that keeps
     every choice is a fixed point, and the passes left would repeat it (rate control on 4 Kodak images, order-0:
     at 1.2 bpp 81 of 138 calls reach one, and 198 of their 552 passes are skipped; at 0.1 bpp 12 of 116 calls,
-    10 passes; at 0.5 bpp none of 80). lam: squared-distance units per bit (0: nearest). order0 (with `grid`):
-    the indices (G, N) this function gave at the same lam without `grid`; the context passes start from them
-    instead of running the order-0 passes again.
+    10 passes; at 0.5 bpp none of 80). lam: squared-distance units per bit (0: nearest). start (with `grid`):
+    indices (G, N), each among its vector's candidates, from which the context passes start instead of running
+    the order-0 passes first: rate control gives the order-0 choice at the same lam (the same result, without
+    computing it again) or the context choice at a nearby lam (`ratecontrol.RateAwareQuantizer`).
     Returns (indices (G, N) int64, their squared distances (G, N)).
     """
     if lam <= 0:
         return candidates[..., 0].contiguous(), dist[..., 0].contiguous()
     slot = torch.zeros(candidates.shape[:2] + (1,), dtype=torch.long, device=candidates.device)
     costs = [functools.partial(order0_bits, codebook_size=codebook_size)]
-    if grid is not None and order0 is not None:  # candidates are distinct: the one equal to order0 is its slot
-        slot, costs = (candidates == order0.unsqueeze(-1)).to(torch.uint8).argmax(-1, keepdim=True), []
+    if grid is not None and start is not None:  # candidates are distinct: the one equal to start is its slot
+        slot, costs = (candidates == start.unsqueeze(-1)).to(torch.uint8).argmax(-1, keepdim=True), []
     if grid is not None:  # from the order-0 choice: from the nearest, kodim04 lost 0.16 / 0.37 dB at 0.1 / 0.3 bpp
         costs.append(functools.partial(context_bits, codebook_size=codebook_size, height=grid[0], width=grid[1]))
     for bits_of in costs:
