@@ -234,6 +234,7 @@ def test_next_stage_candidates_only_from_the_top_of_a_stage(two_stage_model):
     from raqcodec.ratecontrol import candidate_settings
 
     largest = two_stage_model.cfg.max_codebook_size
-    assert candidate_settings(two_stage_model, (64,)) == [(256,), (1024,), (4096,)]
+    assert candidate_settings(two_stage_model, (64,)) == [(256,), (1024,)]  # stage 1: 4 and 16 x the pick's eK
+    assert candidate_settings(two_stage_model, (largest, 16)) == [(largest, 64), (largest, 256), (largest, 1024)]
     assert all(len(s) == 1 for s in candidate_settings(two_stage_model, (1024,)))
     assert (largest, 256) in candidate_settings(two_stage_model, (largest,))
