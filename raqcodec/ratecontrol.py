@@ -22,13 +22,13 @@ chosen one is written:
    (and 64 x in stage 2; at most the largest eK), and, when L is at the top of a stage, the next stage at eK
    256 and 4096. For each, a bisection on log m finds the smallest m whose PREDICTED file fits, and its
    latent error there, on a sample of the latent (`_sample`: a quarter of the positions, 4x fewer distance
-   computations). Only the candidate of lowest predicted error is planned, at the m found by `fit_rate_aware`
-   on planned files (option 2; the next candidates too while the files fall under RATE_WINDOW x the target). A context-coded
-   last stage (eK <= 1024) is then chosen again with the CONTEXT model's bits near that m (`_context_polish`,
-   3 planned files): on 12 Kodak images at 0.1 to 0.5 bpp, BD-rate -4.7 % against order-0 bits throughout
-   (ad hoc, 2026-11-27). A multi-stage L whose nearest file does not fit, or the top of the ladder, is also
-   tried with its earlier stages at nearest codewords (strength 0): rate-aware earlier stages alone can drop
-   the file under the window.
+   computations). Only the candidate of lowest predicted error is planned, at the m found by `fit_rate_aware` on
+   planned files (option 2; the next candidates too while the files fall under RATE_WINDOW x the target). A
+   context-coded last stage (eK <= 1024) is then chosen again with the CONTEXT model's bits near that m
+   (`_context_polish`, 3 planned files): on 12 Kodak images at 0.1 to 0.5 bpp, BD-rate -4.7 % against order-0 bits
+   throughout (ad hoc, 2026-11-27). A multi-stage L whose nearest file does not fit, or the top of the ladder, is
+   also tried with its earlier stages at nearest codewords (strength 0): rate-aware earlier stages alone can
+   drop the file under the window.
    Measured on BSDS500 validation photos, large codebooks coded with a strong m beat nearest coding with a
    small codebook at equal rate, and writing only the predicted best candidate costs +0.08 % latent error
    against writing them all. A single candidate is coded without a preview. Stage 1 at the largest eK is
