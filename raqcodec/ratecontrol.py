@@ -18,17 +18,17 @@ few bytes, decided on the real file when that is too close to call), 3 on a typi
 chosen one is written:
 1. A search with nearest codewords on predicted sizes finds the highest setting L that fits on a coarse
    rate ladder (eK = 2, 3, 4, 6, 8, 12, ... per stage; `_nearest_pick`); L's file is planned (option 1).
-2. A few larger settings are coded rate-aware (`candidate_settings`): the same stage at 4 and 16 x L's eK
-   (and 64 x in stage 2; at most the largest eK), and, when L is at the top of a stage, the next stage at eK
-   256 and 4096. For each, a bisection on log m finds the smallest m whose PREDICTED file fits, and its
-   latent error there, on a sample of the latent (`_sample`: a quarter of the positions, 4x fewer distance
-   computations). Only the candidate of lowest predicted error is planned, at the m found by `fit_rate_aware` on
-   planned files (option 2; the next candidates too while the files fall under RATE_WINDOW x the target). A
-   context-coded last stage (eK <= 1024) is then chosen again with the CONTEXT model's bits near that m
+2. A few larger settings are coded rate-aware (`candidate_settings`): the same stage at 4 and 16 x L's eK (and 64 x
+   in stage 2, in stage 1 only when no other file reaches the rate window; at most the largest eK), and, when L is at
+   the top of a stage, the next stage at eK 256 and 4096. For each, a bisection on log m finds the smallest m whose
+   PREDICTED file fits, and its latent error there, on a sample of the latent (`_sample`: a quarter of the positions,
+   4x fewer distance computations). Only the candidate of lowest predicted error is planned, at the m found by
+   `fit_rate_aware` on planned files (option 2; the next candidates too while the files fall under RATE_WINDOW x the
+   target). A context-coded last stage (eK <= 1024) is then chosen again with the CONTEXT model's bits near that m
    (`_context_polish`, 3 planned files): on 12 Kodak images at 0.1 to 0.5 bpp, BD-rate -4.7 % against order-0 bits
    throughout (ad hoc, 2026-11-27). A multi-stage L whose nearest file does not fit, or the top of the ladder, is
-   also tried with its earlier stages at nearest codewords (strength 0): rate-aware earlier stages alone can
-   drop the file under the window.
+   also tried with its earlier stages at nearest codewords (strength 0): rate-aware earlier stages alone can drop the
+   file under the window.
    Measured on BSDS500 validation photos, large codebooks coded with a strong m beat nearest coding with a
    small codebook at equal rate, and writing only the predicted best candidate costs +0.08 % latent error
    against writing them all. A single candidate is coded without a preview. Stage 1 at the largest eK is
@@ -75,8 +75,8 @@ RATE_WINDOW = 0.9  # options under this fraction of the target are used only whe
 SAMPLE_STRIDE = 2  # searches start on every 2nd latent row and column (`_sample`) ...
 SAMPLE_MIN_POSITIONS = 2048  # ... of latents of at least this many positions (a 512x256 image)
 # eK ratios (capped at the largest eK) of the rate-aware candidates in the pick's stage, for a one-stage pick and
-# for a later stage's (candidate_settings)
-FIRST_STAGE_FACTORS, LATER_STAGE_FACTORS = (4, 16), (4, 16, 64)
+# for a later stage's (candidate_settings), and of a one-stage pick's reserve candidate (reserve_settings)
+FIRST_STAGE_FACTORS, LATER_STAGE_FACTORS, RESERVE_FACTOR = (4, 16), (4, 16, 64), 64
 # A Draft's payload is estimated as its ideal code length plus PAYLOAD_SLACK_BITS. The real payload exceeded the
 # ideal by 3.5 to 35.5 bits in the 80 files rate control wrote for 6 Kodak images x 4 targets (2026-11-27): 32-bit
 # words and the range coder's termination. A draft whose estimate is within EXACT_MARGIN_BITS of a size it is
@@ -372,11 +372,12 @@ def candidate_settings(model: RAQVAE, pick: Setting) -> list[Setting]:
     Kodak images x targets 0.3 to 0.7 bpp) the winner was always in the pick's own stage, and skipping the
     two-stage previews changed none of those 48 files and took 12-18 % less time at 0.5-0.6 bpp.
 
-    In stage 1 the candidates stop at 16 x the pick's eK: 64 x won 1 of 84 files at 0.1-0.3 bpp (12 Kodak images,
+    In stage 1 the candidates stop at 16 x the pick's eK; 64 x is a reserve_settings one, tried only when no
+    other file reaches the rate window. As a candidate, 64 x won 1 of 84 files at 0.1-0.3 bpp (12 Kodak images,
     odd numbers, and 16 BSDS500 validation photos), and leaving it out gave BD-rate +0.04 % on those Kodak images
-    and 0.00 % on the photos (targets 0.1-1.2 bpp, decoded PSNR) and `--bpp` compress 1 %, 9 % and 6 % faster at
-    0.1, 0.2 and 0.3 bpp (24 Kodak images, benchmarks/paired_speed.py, one round; ad hoc, 2026-11-28). In stage 2,
-    64 x won 7 of 28 files at 0.8 bpp."""
+    and 0.00 % on the photos (targets 0.1-1.2 bpp, decoded PSNR; adding the reserve changed no mean bpp or PSNR
+    there) and `--bpp` compress 1 %, 9 % and 6 % faster at 0.1, 0.2 and 0.3 bpp (24 Kodak images,
+    benchmarks/paired_speed.py, one round; ad hoc, 2026-11-28). In stage 2, 64 x won 7 of 28 files at 0.8 bpp."""
     cfg = model.cfg
     largest = cfg.max_codebook_size
     *prefix, size = pick
@@ -385,6 +386,15 @@ def candidate_settings(model: RAQVAE, pick: Setting) -> list[Setting]:
     if len(pick) < cfg.stages and size == largest:
         out += [(*prefix, largest, 256), (*prefix, largest, largest)]
     return [s for s in dict.fromkeys(out) if s != pick]
+
+
+def reserve_settings(model: RAQVAE, pick: Setting) -> list[Setting]:
+    """Settings coded rate-aware only when no other option's file reaches RATE_WINDOW x the target: for a one-stage
+    pick, 64 x its eK (at most the largest eK) when candidate_settings do not hold it. They are not previewed."""
+    if len(pick) > 1:
+        return []
+    larger = (min(pick[0] * RESERVE_FACTOR, model.cfg.max_codebook_size),)
+    return [] if larger == pick or larger in candidate_settings(model, pick) else [larger]
 
 
 def search_ladder(model: RAQVAE) -> list[Setting]:
@@ -559,8 +569,12 @@ def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
     specs = rate_aware_specs(model, base, pick)
     scale = size_scale(pick)
     options = [] if pick is None else [pick]
-    for i in _preview_order(model, latent, bpp, specs, scale, cache):  # until a file fits in the rate window
-        fitted = fit_rate_aware(RateAwareQuantizer(model, latent, *specs[i], cache), bpp, scale)
+    ordered = [specs[i] for i in _preview_order(model, latent, bpp, specs, scale, cache)]
+    reserve = [(setting, PREFIX_STRENGTH) for setting in reserve_settings(model, base)]
+    for spec in ordered + reserve:  # until a file fits in the rate window; the reserve only when none does
+        if spec in reserve and any(not draft.fits(RATE_WINDOW * bpp) for draft in options):
+            break
+        fitted = fit_rate_aware(RateAwareQuantizer(model, latent, *spec, cache), bpp, scale)
         if fitted is not None:
             options.append(fitted)
             if not fitted.fits(RATE_WINDOW * bpp):

@@ -238,3 +238,13 @@ def test_next_stage_candidates_only_from_the_top_of_a_stage(two_stage_model):
     assert candidate_settings(two_stage_model, (largest, 16)) == [(largest, 64), (largest, 256), (largest, 1024)]
     assert all(len(s) == 1 for s in candidate_settings(two_stage_model, (1024,)))
     assert (largest, 256) in candidate_settings(two_stage_model, (largest,))
+
+
+def test_reserve_candidate_is_64_times_a_one_stage_pick(two_stage_model):
+    from raqcodec.ratecontrol import reserve_settings
+
+    largest = two_stage_model.cfg.max_codebook_size
+    assert reserve_settings(two_stage_model, (16,)) == [(1024,)]
+    assert reserve_settings(two_stage_model, (64,)) == [(largest,)]
+    assert reserve_settings(two_stage_model, (1024,)) == []  # 16 x 1024 is capped at the largest: a candidate
+    assert reserve_settings(two_stage_model, (largest, 16)) == []
