@@ -63,7 +63,13 @@ from raqcodec.models.quantizer import (entropy_constrained_indices, lookup, merg
 # x 5 targets: 16 gives 0.03 dB less mean PSNR for 11 % less time, 64 0.02 dB more for 45 % more time.
 CANDIDATES = 32
 PREVIEW_CANDIDATES = 16  # the same on the latent's sample, which only ranks the candidate settings
-PASSES = 4  # re-estimations of the code lengths in entropy-constrained VQ
+PASSES = 4  # re-estimations of the code lengths in entropy-constrained VQ (3: BD-rate +0.57 % / +1.11 %, below)
+# ... with the CONTEXT model's code lengths. These passes never reached a fixed point in 75 calls (8 Kodak images, 0.1
+# to 0.3 bpp); 2 instead of 4 gave BD-rate +0.06 % on 12 Kodak images (odd numbers) and +0.28 % on 16 BSDS500
+# validation photos (targets 0.1-1.2 bpp, decoded PSNR), 3 gave -0.17 % and +0.17 %, and with 2 `--bpp` compress
+# took 9 / 7 / 6 % less time at 0.1 / 0.2 / 0.3 bpp (24 Kodak images, benchmarks/paired_speed.py, one round; ad hoc,
+# 2026-11-28).
+CONTEXT_PASSES = 2
 STRENGTH_MIN, STRENGTH_MAX = 1e-4, 300.0  # range of m searched (the file shrinks little beyond STRENGTH_MAX)
 SEARCH_STEPS = 8  # bisection steps on log m, on predicted sizes
 REAL_SEARCH_STEPS = 4  # further steps on planned files (Draft) when the predicted picks miss the rate window
@@ -189,7 +195,7 @@ class RateAwareQuantizer:
         lam = strength * float(dist[..., 0].mean()) / self.model.cfg.group_dim
         grid = (self.height, self.width) if context else None
         start = self._context_start(strength) if context and candidates is self.last else None
-        return entropy_constrained_indices(dist, cand, table.shape[1], lam, PASSES, grid, start)
+        return entropy_constrained_indices(dist, cand, table.shape[1], lam, PASSES, grid, start, CONTEXT_PASSES)
 
     def _context_start(self, strength: float) -> torch.Tensor | None:
         """Last-stage indices (G, N) from which the context choice at m starts: the order-0 choice at m when it

@@ -324,3 +324,22 @@ def test_fast_gdn_inference_matches_gdn_and_chunks_agree(monkeypatch):
             # 16-row product (the H200 machine's 16-core CPU, torch 2.11, rounded differently): allow rounding.
             torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)
             monkeypatch.undo()
+
+
+def test_context_passes_bound_the_context_choice():
+    """context_passes caps the passes with the context model's cost: one pass from a start is one choice given
+    the start's code lengths, and more passes go on from there."""
+    from raqcodec.models.quantizer import context_bits, entropy_constrained_indices
+
+    gen = torch.Generator().manual_seed(0)
+    groups, height, width, size = 2, 12, 16, 64
+    codebook = torch.randn(groups, size, 4, generator=gen)
+    dist, cand = nearest_candidates(torch.randn(groups, height * width, 4, generator=gen), codebook, 16)
+    lam = 2.0 * float(dist[..., 0].mean())  # these passes do not settle within 3
+    order0, _ = entropy_constrained_indices(dist, cand, size, lam, 4)
+    one, _ = entropy_constrained_indices(dist, cand, size, lam, 4, (height, width), order0, context_passes=1)
+    bits = context_bits(order0, cand, size, height, width)
+    assert torch.equal(one, torch.gather(cand, 2, (dist + lam * bits).argmin(-1, keepdim=True))[..., 0])
+    two, _ = entropy_constrained_indices(dist, cand, size, lam, 4, (height, width), order0, context_passes=2)
+    again, _ = entropy_constrained_indices(dist, cand, size, lam, 4, (height, width), one, context_passes=1)
+    assert torch.equal(two, again) and not torch.equal(two, one) and not torch.equal(one, order0)

@@ -136,8 +136,8 @@ CONTEXT_ALPHA = 32.0
 
 @torch.no_grad()
 def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, codebook_size: int, lam: float,
-                                passes: int, grid: tuple[int, int] | None = None,
-                                start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                                passes: int, grid: tuple[int, int] | None = None, start: torch.Tensor | None = None,
+                                context_passes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Entropy-constrained VQ (Chou, Lookabaugh and Gray 1989) among each vector's nearest candidates.
 
     dist, candidates: (G, N, m) from nearest_candidates. Each vector takes the candidate minimising squared
@@ -151,18 +151,20 @@ def entropy_constrained_indices(dist: torch.Tensor, candidates: torch.Tensor, co
     indices (G, N), each among its vector's candidates, from which the context passes start instead of running
     the order-0 passes first: rate control gives the order-0 choice at the same lam (the same result, without
     computing it again) or the context choice at a nearby lam (`ratecontrol.RateAwareQuantizer`).
+    context_passes: the most passes with the context model's cost (default: `passes`).
     Returns (indices (G, N) int64, their squared distances (G, N)).
     """
     if lam <= 0:
         return candidates[..., 0].contiguous(), dist[..., 0].contiguous()
     slot = torch.zeros(candidates.shape[:2] + (1,), dtype=torch.long, device=candidates.device)
-    costs = [functools.partial(order0_bits, codebook_size=codebook_size)]
+    rounds = [(functools.partial(order0_bits, codebook_size=codebook_size), passes)]  # (cost, most passes)
     if grid is not None and start is not None:  # candidates are distinct: the one equal to start is its slot
-        slot, costs = (candidates == start.unsqueeze(-1)).to(torch.uint8).argmax(-1, keepdim=True), []
+        slot, rounds = (candidates == start.unsqueeze(-1)).to(torch.uint8).argmax(-1, keepdim=True), []
     if grid is not None:  # from the order-0 choice: from the nearest, kodim04 lost 0.16 / 0.37 dB at 0.1 / 0.3 bpp
-        costs.append(functools.partial(context_bits, codebook_size=codebook_size, height=grid[0], width=grid[1]))
-    for bits_of in costs:
-        for _ in range(passes):
+        rounds.append((functools.partial(context_bits, codebook_size=codebook_size, height=grid[0], width=grid[1]),
+                       passes if context_passes is None else context_passes))
+    for bits_of, most in rounds:
+        for _ in range(most):
             bits = bits_of(torch.gather(candidates, 2, slot)[..., 0], candidates)
             chosen = bits.mul_(lam).add_(dist).argmin(-1, keepdim=True)  # dist + lam * bits, in place
             if torch.equal(chosen, slot):
