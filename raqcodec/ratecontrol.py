@@ -63,13 +63,13 @@ from raqcodec.models.quantizer import (entropy_constrained_indices, lookup, merg
 # x 5 targets: 16 gives 0.03 dB less mean PSNR for 11 % less time, 64 0.02 dB more for 45 % more time.
 CANDIDATES = 32
 PREVIEW_CANDIDATES = 16  # the same on the latent's sample, which only ranks the candidate settings
-PASSES = 4  # re-estimations of the code lengths in entropy-constrained VQ (3: BD-rate +0.57 % / +1.11 %, below)
-# ... with the CONTEXT model's code lengths. These passes never reached a fixed point in 75 calls (8 Kodak images, 0.1
-# to 0.3 bpp); 2 instead of 4 gave BD-rate +0.06 % on 12 Kodak images (odd numbers) and +0.28 % on 16 BSDS500
-# validation photos (targets 0.1-1.2 bpp, decoded PSNR), 3 gave -0.17 % and +0.17 %, and with 2 `--bpp` compress
-# took 9 / 7 / 6 % less time at 0.1 / 0.2 / 0.3 bpp (24 Kodak images, benchmarks/paired_speed.py, one round; ad hoc,
-# 2026-11-28).
-CONTEXT_PASSES = 2
+# Passes of entropy-constrained VQ: re-estimations of the code lengths, PASSES with order-0 lengths and then at most
+# CONTEXT_PASSES with the CONTEXT model's. The context passes never reached a fixed point in 75 calls (8 Kodak
+# images, 0.1 to 0.3 bpp). On 12 Kodak images (odd numbers) and 16 BSDS500 validation photos (targets 0.1-1.2 bpp,
+# decoded PSNR; ad hoc, 2026-11-28), against 4 and 4: CONTEXT_PASSES 2 gave BD-rate +0.06 % and +0.28 % (3: -0.17 %
+# and +0.17 %) with `--bpp` compress 9 / 7 / 6 % faster at 0.1 / 0.2 / 0.3 bpp (24 Kodak images,
+# benchmarks/paired_speed.py, one round); PASSES 3 on top of that cost +0.57 % and +1.11 % more.
+PASSES, CONTEXT_PASSES = 4, 2
 STRENGTH_MIN, STRENGTH_MAX = 1e-4, 300.0  # range of m searched (the file shrinks little beyond STRENGTH_MAX)
 SEARCH_STEPS = 8  # bisection steps on log m, on predicted sizes
 REAL_SEARCH_STEPS = 4  # further steps on planned files (Draft) when the predicted picks miss the rate window
