@@ -575,18 +575,23 @@ def choose_setting(model: RAQVAE, latent: Latent, bpp: float) -> Encoded:
     specs = rate_aware_specs(model, base, pick)
     scale = size_scale(pick)
     options = [] if pick is None else [pick]
+
+    def in_window(draft: Draft) -> bool:
+        return not draft.fits(RATE_WINDOW * bpp)
+
     ordered = [specs[i] for i in _preview_order(model, latent, bpp, specs, scale, cache)]
-    reserve = [(setting, PREFIX_STRENGTH) for setting in reserve_settings(model, base)]
-    for spec in ordered + reserve:  # until a file fits in the rate window; the reserve only when none does
-        if spec in reserve and any(not draft.fits(RATE_WINDOW * bpp) for draft in options):
-            break
+    # The loop stops at the first file in the window, so it reaches the reserve only when no file is, unless the
+    # nearest pick is: then the reserve is left out.
+    reserve = [] if pick is not None and in_window(pick) else reserve_settings(model, base)
+    for spec in ordered + [(setting, PREFIX_STRENGTH) for setting in reserve]:
         fitted = fit_rate_aware(RateAwareQuantizer(model, latent, *spec, cache), bpp, scale)
         if fitted is not None:
             options.append(fitted)
-            if not fitted.fits(RATE_WINDOW * bpp):
+            if in_window(fitted):
                 break
-    in_window = [draft for draft in options if not draft.fits(RATE_WINDOW * bpp)] or options
-    for draft in sorted(in_window, key=lambda draft: latent_error(model, latent, draft.setting, draft.indices)):
+    in_window_options = [draft for draft in options if in_window(draft)] or options
+    for draft in sorted(in_window_options,
+                        key=lambda draft: latent_error(model, latent, draft.setting, draft.indices)):
         encoded = draft.write()
         if encoded.bpp <= bpp:  # always, unless a file exceeded its estimate by EXACT_MARGIN_BITS
             return encoded
