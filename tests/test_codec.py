@@ -99,6 +99,42 @@ def test_context_polish_keeps_a_fitting_file_of_no_larger_error(tiny_model, size
     assert error == pytest.approx(min([quantizer.error(strength)] + fitting), rel=1e-6)
 
 
+@pytest.mark.parametrize("around", [None, 1e-4, 0.01, 2.0, 300.0])
+def test_bisection_around_any_strength_ends_as_fine_as_on_the_whole_range(tiny_model, around):
+    """_bisect's strength fits (predicted), and a strength tried within the whole range's final width below it
+    does not (or it is the range's bottom), wherever the bracket starts."""
+    from raqcodec import ratecontrol
+
+    latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
+    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+    target = 0.8 * encode_latent(tiny_model, latent, 300).bpp
+    strength = ratecontrol._bisect(quantizer, target, 1.0, around)
+    assert quantizer.predicted_bpp(strength, 1.0) <= target
+    width = math.log(ratecontrol.STRENGTH_MAX / ratecontrol.STRENGTH_MIN) / 2 ** ratecontrol.SEARCH_STEPS
+    over = [m for m, _ in quantizer._points if quantizer.predicted_bpp(m, 1.0) > target]
+    below = strength * math.exp(-width) * (1 - 1e-9)  # the final bracket's bottom, up to rounding
+    at_bottom = strength <= ratecontrol.STRENGTH_MIN * math.exp(width) * (1 + 1e-9)
+    assert any(below <= m < strength for m in over) or at_bottom
+
+
+def test_the_first_file_of_a_previewed_candidate_is_at_its_preview_strength(tiny_model):
+    """With a predictor (the candidate's preview on the latent's sample), the whole latent's first point is the
+    predictor's bisection result, not a bisection of its own."""
+    from raqcodec import ratecontrol
+
+    latent = analyse(tiny_model, synthetic_image(256, 512, seed=6))
+    sample, weight = ratecontrol._sample(latent)
+    assert sample is not latent
+    def preview() -> ratecontrol.RateAwareQuantizer:
+        return ratecontrol.RateAwareQuantizer(tiny_model, sample, (300,), weight=weight, candidates=16)
+
+    target = preview().predicted_bpp(0.1, 1.0)  # (the tiny model's files grow again beyond m = 3)
+    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+    fitted = ratecontrol._fit_order0(quantizer, target, 1.0, preview())
+    assert fitted is not None and fitted[0].fits(target)
+    assert next(iter(quantizer._points))[0] == ratecontrol._bisect(preview(), target, 1.0)
+
+
 def test_context_choice_starts_from_the_order0_choice_or_the_nearest_context_choice(tiny_model):
     """The context choice at m starts from the order-0 choice at m when there is one, else from the context
     choice at the strength nearest m (log scale), else from nothing (its own order-0 passes)."""
