@@ -355,7 +355,8 @@ def _fit_order0(quantizer: RateAwareQuantizer, bpp: float, scale: float,
     each later one on the quantiser, around the last file's m (_bisect's `around`). Against whole-range
     bisections on the whole latent each time: BD-rate +0.23 % on 12 Kodak images (odd numbers) and -0.43 % on
     16 BSDS500 validation photos (targets 0.1-1.2 bpp, decoded PSNR), `--bpp` compress 12 / 4 / 5 / 0 % faster
-    at 0.1 / 0.3 / 0.5 / 1.2 bpp (24 Kodak images, benchmarks/paired_speed.py, one round; ad hoc, 2026-11-28).
+    at 0.1 / 0.3 / 0.5 / 1.2 bpp (24 Kodak images, benchmarks/paired_speed.py, one round; ad hoc, 2026-11-28);
+    10 / 4 / 0.5 / 2.6 % in two rounds (benchmarks/results/paired_speed_kodak_c95425a.json).
     When no file fits
     (every prediction was optimistic), the file at STRENGTH_MAX must; when the kept file is under RATE_WINDOW x
     the target, bisection goes on over planned files, REAL_SEARCH_STEPS times, between its m and the largest m
