@@ -24,11 +24,11 @@ chosen one is written:
    PREDICTED file fits, and its latent error there, on a sample of the latent (`_sample`: a quarter of the positions,
    4x fewer distance computations). Only the candidate of lowest predicted error is planned, first at the sample's
    m, then at the m `fit_rate_aware` finds on planned files (option 2; the next candidates too while the files
-   fall under RATE_WINDOW x the target). A context-coded last stage (eK <= 1024) is then chosen again with the CONTEXT model's bits near that m
-   (`_context_polish`, 3 planned files): on 12 Kodak images at 0.1 to 0.5 bpp, BD-rate -4.7 % against order-0 bits
-   throughout (ad hoc, 2026-11-27). A multi-stage L whose nearest file does not fit, or the top of the ladder, is
-   also tried with its earlier stages at nearest codewords (strength 0): rate-aware earlier stages alone can drop the
-   file under the window.
+   fall under RATE_WINDOW x the target). A context-coded last stage (eK <= 1024) is then chosen again with the
+   CONTEXT model's bits near that m (`_context_polish`, 3 planned files): on 12 Kodak images at 0.1 to 0.5 bpp,
+   BD-rate -4.7 % against order-0 bits throughout (ad hoc, 2026-11-27). A multi-stage L whose nearest file does
+   not fit, or the top of the ladder, is also tried with its earlier stages at nearest codewords (strength 0):
+   rate-aware earlier stages alone can drop the file under the window.
    Measured on BSDS500 validation photos, large codebooks coded with a strong m beat nearest coding with a
    small codebook at equal rate, and writing only the predicted best candidate costs +0.08 % latent error
    against writing them all. A single candidate is coded without a preview. Stage 1 at the largest eK is
@@ -356,14 +356,13 @@ def _fit_order0(quantizer: RateAwareQuantizer, bpp: float, scale: float,
     bisections on the whole latent each time: BD-rate +0.23 % on 12 Kodak images (odd numbers) and -0.43 % on
     16 BSDS500 validation photos (targets 0.1-1.2 bpp, decoded PSNR), `--bpp` compress 12 / 4 / 5 / 0 % faster
     at 0.1 / 0.3 / 0.5 / 1.2 bpp (24 Kodak images, benchmarks/paired_speed.py, one round; ad hoc, 2026-11-28);
-    10 / 4 / 0.5 / 2.6 % in two rounds (benchmarks/results/paired_speed_kodak_c95425a.json).
-    When no file fits
+    10 / 4 / 0.5 / 2.6 % in two rounds (benchmarks/results/paired_speed_kodak_c95425a.json). When no file fits
     (every prediction was optimistic), the file at STRENGTH_MAX must; when the kept file is under RATE_WINDOW x
     the target, bisection goes on over planned files, REAL_SEARCH_STEPS times, between its m and the largest m
     seen to overshoot.
     """
     fitting, fit_strength, over_strength = None, STRENGTH_MAX, STRENGTH_MIN
-    strength = None
+    strength = None  # the last file's m, around which the next bisection starts
     for _ in range(CALIBRATIONS):
         if strength is None and predictor is not None:
             strength = _bisect(predictor, bpp, scale)

@@ -125,6 +125,7 @@ def test_the_first_file_of_a_previewed_candidate_is_at_its_preview_strength(tiny
     latent = analyse(tiny_model, synthetic_image(256, 512, seed=6))
     sample, weight = ratecontrol._sample(latent)
     assert sample is not latent
+
     def preview() -> ratecontrol.RateAwareQuantizer:
         return ratecontrol.RateAwareQuantizer(tiny_model, sample, (300,), weight=weight, candidates=16)
 
