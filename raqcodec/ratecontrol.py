@@ -315,8 +315,8 @@ def _bisect(quantizer: RateAwareQuantizer, bpp: float, scale: float, around: flo
 def fit_rate_aware(quantizer: RateAwareQuantizer, bpp: float, scale: float,
                    predictor: RateAwareQuantizer | None = None) -> Draft | None:
     """The quantiser's setting coded at (about) the smallest strength m whose whole file is <= bpp; None if
-    none is. The search chooses indices with order-0 bits (`_fit_order0`); a context-coded last stage is then
-    chosen again with the CONTEXT model's bits (`_context_polish`)."""
+    none is. The search chooses indices with order-0 bits (`_fit_order0`, starting on `predictor` when given);
+    a context-coded last stage is then chosen again with the CONTEXT model's bits (`_context_polish`)."""
     fitted = _fit_order0(quantizer, bpp, scale, predictor)
     if fitted is None or not quantizer.context_coded:
         return None if fitted is None else fitted[0]
@@ -566,10 +566,11 @@ def _sample_candidates(latent: Latent, cache: CandidateCache, stride: int) -> Ca
 
 def _preview_order(model: RAQVAE, latent: Latent, bpp: float, specs: list[tuple[Setting, float]],
                    scale: float, cache: CandidateCache) -> tuple[list[int], list[RateAwareQuantizer | None]]:
-    """Positions in specs, of lowest predicted latent error first, of the candidates predicted to fit bpp on
-    the latent's _sample ([0] when none is). A single candidate needs no preview: it is coded whatever its
-    prediction (at the high end, every larger setting of a stage-2 pick is the largest one). The whole
-    latent's stage-1 candidates already in `cache` serve the sample too (_sample_candidates)."""
+    """(positions in specs, of lowest predicted latent error first, of the candidates predicted to fit bpp on
+    the latent's _sample, [0] when none is; each spec's preview on the sample, None without one). A single
+    candidate needs no preview: it is coded whatever its prediction (at the high end, every larger setting of a
+    stage-2 pick is the largest one). The whole latent's stage-1 candidates already in `cache` serve the sample
+    too (_sample_candidates)."""
     if len(specs) == 1:
         return [0], [None]
     sample, weight = _sample(latent)

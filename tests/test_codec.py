@@ -125,15 +125,13 @@ def test_the_first_file_of_a_previewed_candidate_is_at_its_preview_strength(tiny
     latent = analyse(tiny_model, synthetic_image(256, 512, seed=6))
     sample, weight = ratecontrol._sample(latent)
     assert sample is not latent
-
-    def preview() -> ratecontrol.RateAwareQuantizer:
-        return ratecontrol.RateAwareQuantizer(tiny_model, sample, (300,), weight=weight, candidates=16)
-
-    target = preview().predicted_bpp(0.1, 1.0)  # (the tiny model's files grow again beyond m = 3)
+    preview = ratecontrol.RateAwareQuantizer(tiny_model, sample, (300,), weight=weight,
+                                             candidates=ratecontrol.PREVIEW_CANDIDATES)
+    target = preview.predicted_bpp(0.1, 1.0)  # (the tiny model's files grow again beyond m = 3)
     quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
-    fitted = ratecontrol._fit_order0(quantizer, target, 1.0, preview())
+    fitted = ratecontrol._fit_order0(quantizer, target, 1.0, preview)
     assert fitted is not None and fitted[0].fits(target)
-    assert next(iter(quantizer._points))[0] == ratecontrol._bisect(preview(), target, 1.0)
+    assert next(iter(quantizer._points))[0] == ratecontrol._bisect(preview, target, 1.0)
 
 
 def test_context_choice_starts_from_the_order0_choice_or_the_nearest_context_choice(tiny_model):
