@@ -99,22 +99,49 @@ def test_context_polish_keeps_a_fitting_file_of_no_larger_error(tiny_model, size
     assert error == pytest.approx(min([quantizer.error(strength)] + fitting), rel=1e-6)
 
 
-@pytest.mark.parametrize("around", [None, 1e-4, 0.01, 2.0, 300.0])
-def test_bisection_around_any_strength_ends_as_fine_as_on_the_whole_range(tiny_model, around):
-    """_bisect's strength fits (predicted), and a strength tried within the whole range's final width below it
-    does not (or it is the range's bottom), wherever the bracket starts."""
+@pytest.mark.parametrize("start", [1e-4, 0.01, 1.0, 2.0, 300.0])
+def test_secant_search_from_any_strength_ends_close_to_its_aim_or_as_fine_as_bisection(tiny_model, start):
+    """_refine's strength fits (predicted) and is either predicted within REFINE_TOLERANCE under the target, or a
+    strength tried within the whole range's final bisection width below it does not fit (or it is the range's
+    bottom), wherever the search starts."""
     from raqcodec import ratecontrol
 
     latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
     quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
     target = 0.8 * encode_latent(tiny_model, latent, 300).bpp
-    strength = ratecontrol._bisect(quantizer, target, 1.0, around)
-    assert quantizer.predicted_bpp(strength, 1.0) <= target
+    strength = ratecontrol._refine(quantizer, target, 1.0, start)
+    predicted = quantizer.predicted_bpp(strength, 1.0)
+    assert predicted <= target
     width = math.log(ratecontrol.STRENGTH_MAX / ratecontrol.STRENGTH_MIN) / 2 ** ratecontrol.SEARCH_STEPS
     over = [m for m, _ in quantizer._points if quantizer.predicted_bpp(m, 1.0) > target]
     below = strength * math.exp(-width) * (1 - 1e-9)  # the final bracket's bottom, up to rounding
-    at_bottom = strength <= ratecontrol.STRENGTH_MIN * math.exp(width) * (1 + 1e-9)
-    assert any(below <= m < strength for m in over) or at_bottom
+    close = predicted >= (1 - ratecontrol.REFINE_TOLERANCE) * target
+    assert close or any(below <= m < strength for m in over) or strength == ratecontrol.STRENGTH_MIN
+
+
+def test_secant_search_returns_none_only_when_the_largest_strength_is_over(tiny_model):
+    from raqcodec import ratecontrol
+
+    latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
+    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+    floor = quantizer.predicted_bpp(ratecontrol.STRENGTH_MAX, 1.0)
+    assert ratecontrol._refine(quantizer, 0.99 * floor, 1.0, 1.0) is None
+    assert ratecontrol._refine(quantizer, floor, 1.0, 1.0) is not None
+
+
+def test_secant_search_needs_fewer_predictions_than_bisection(tiny_model):
+    """From a strength near the answer (the last file's m, where rate control starts it), the secant search
+    predicts fewer sizes than a bisection of the whole range, at several targets."""
+    from raqcodec import ratecontrol
+
+    latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
+    nearest = encode_latent(tiny_model, latent, 300).bpp
+    for fraction in (0.8, 0.85, 0.9, 0.95):
+        bisected = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+        answer = ratecontrol._bisect(bisected, fraction * nearest, 1.0)
+        refined = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+        ratecontrol._refine(refined, fraction * nearest, 1.0, 1.5 * answer)
+        assert len(refined._points) < len(bisected._points), fraction
 
 
 def test_the_first_file_of_a_previewed_candidate_is_at_its_preview_strength(tiny_model):
@@ -200,6 +227,31 @@ def test_sampled_ladder_search_ends_where_the_whole_latent_search_would(tiny_mod
         i = ladder.index(pick)
         assert fits(pick, target) and (i + 1 == len(ladder) or not fits(ladder[i + 1], target))
     assert ratecontrol._nearest_pick(tiny_model, latent, 1e-3) == (ladder[0], None)  # nothing fits
+
+
+def test_ladder_search_below_the_first_probe_quantises_no_larger_setting(tiny_model, monkeypatch):
+    """A target that the FIRST_PROBE setting does not fit is searched below it only: no setting above it is
+    quantised, on the sample or the whole latent, and the pick is still the highest that fits."""
+    from raqcodec import ratecontrol
+
+    monkeypatch.setattr(ratecontrol, "SAMPLE_MIN_POSITIONS", 16)
+    monkeypatch.setattr(ratecontrol, "FIRST_PROBE", 64)
+    latent = analyse(tiny_model, synthetic_image(128, 160, seed=7))
+    ladder = ratecontrol.search_ladder(tiny_model)
+    tried = []
+    quantize = ratecontrol.quantize_latent
+
+    def recorded(model, lat, setting, tables, cache=None):
+        tried.append(setting)
+        return quantize(model, lat, setting, tables, cache)
+
+    monkeypatch.setattr(ratecontrol, "quantize_latent", recorded)
+    target = encode_latent(tiny_model, latent, 24).bpp
+    pick = ratecontrol._nearest_pick(tiny_model, latent, target)[0]
+    i = ladder.index(pick)
+    assert _fits_whole_latent(tiny_model, latent, pick, target)
+    assert not _fits_whole_latent(tiny_model, latent, ladder[i + 1], target)
+    assert tried and all(len(setting) == 1 and setting[0] <= 64 for setting in tried), tried
 
 
 def test_ladder_search_recalibrates_a_sample_that_underestimates(tiny_model, monkeypatch):
