@@ -448,7 +448,9 @@ def _fit_order0(quantizer: RateAwareQuantizer, bpp: float, scale: float,
         if strength is None and predictor is not None:
             strength = _bisect(predictor, bpp, scale)
         else:
-            strength = _refine(quantizer, bpp, scale, REFINE_START if strength is None else strength)
+            last, strength = strength, _refine(quantizer, bpp, scale, REFINE_START if strength is None else strength)
+            if strength == last:  # the last file's m again: every further calibration would repeat it
+                break
         if strength is None:
             break
         trial = quantizer.draft(strength)
@@ -466,6 +468,8 @@ def _fit_order0(quantizer: RateAwareQuantizer, bpp: float, scale: float,
             return None
     for _ in range(REAL_SEARCH_STEPS if fitting.fits(RATE_WINDOW * bpp) else 0):
         strength = (over_strength * fit_strength) ** 0.5
+        if strength == fit_strength:  # nothing seen to overshoot below the kept file's m (STRENGTH_MIN)
+            break
         trial = quantizer.draft(strength)
         if trial.fits(bpp):
             fitting, fit_strength = trial, strength

@@ -144,6 +144,23 @@ def test_secant_search_needs_fewer_predictions_than_bisection(tiny_model):
         assert len(refined._points) < len(bisected._points), fraction
 
 
+def test_a_target_above_the_weakest_strength_plans_one_file(tiny_model, monkeypatch):
+    """When even STRENGTH_MIN's file is far under the target, the fit keeps that file after planning it once: the
+    further calibrations and the search over planned files would only plan it again."""
+    from raqcodec import ratecontrol
+
+    latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
+    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+    planned = []
+    draft = quantizer.draft
+    monkeypatch.setattr(quantizer, "draft", lambda strength, context=False: planned.append(strength) or
+                        draft(strength, context))
+    target = 1.5 * encode_latent(tiny_model, latent, 300).bpp
+    fitted, strength = ratecontrol._fit_order0(quantizer, target, 1.0)
+    assert strength == ratecontrol.STRENGTH_MIN and fitted.fits(target)
+    assert planned == [ratecontrol.STRENGTH_MIN]
+
+
 def test_the_first_file_of_a_previewed_candidate_is_at_its_preview_strength(tiny_model):
     """With a predictor (the candidate's preview on the latent's sample), the whole latent's first point is the
     predictor's bisection result, not a bisection of its own."""
