@@ -544,6 +544,14 @@ def _seed_first_stage(model: RAQVAE, latent: Latent, size: int, prefixes: Prefix
     prefixes[(size,)] = ([grid], latent.z - model.dequantize(grid, table))
 
 
+def _cut_prefix(prefix: tuple[list[torch.Tensor], torch.Tensor],
+                stride: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """A PrefixCache entry of the whole latent (index grids (1, G, h, w) per stage, residual (1, C, h, w)) cut to
+    every stride-th row and column: the same entry of its _sample, since nearest codewords are chosen per position."""
+    grids, residual = prefix
+    return ([grid[:, :, ::stride, ::stride] for grid in grids], residual[:, :, ::stride, ::stride].contiguous())
+
+
 def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float,
                   candidates: CandidateCache | None = None) -> tuple[Setting, Draft | None]:
     """(the highest setting of the search ladder predicted to fit with nearest codewords, or the ladder's first
@@ -555,8 +563,9 @@ def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float,
     below it runs on the sample's sizes scaled by the whole latent's at that pick), then a walk on the whole
     latent's predicted sizes (adaptive_bits) moves from the sample's pick to the highest setting that fits: the same
     result as a binary search on the whole latent, for about half its distance computations. Only the pick is
-    planned. Stage 1 at the largest eK, which rate-aware coding above any pick near it needs, is quantised through
-    `candidates` (_seed_first_stage).
+    planned. Stage 1 at the largest eK, which rate-aware coding above any pick near it needs, is quantised once, on
+    the whole latent through `candidates` (_seed_first_stage), when either search first reaches it; the sample's is
+    cut from it (_cut_prefix).
     """
     ladder = search_ladder(model)
     largest, candidates = model.cfg.max_codebook_size, {} if candidates is None else candidates
@@ -568,6 +577,9 @@ def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float,
 
     @functools.cache
     def sample_bits(i: int) -> float:
+        if ladder[i][0] == largest and (largest,) not in sample_prefixes:
+            _seed_first_stage(model, latent, largest, prefixes, candidates)
+            sample_prefixes[(largest,)] = _cut_prefix(prefixes[(largest,)], SAMPLE_STRIDE)
         sample_grids = quantize_latent(model, sample, ladder[i], model.codebooks(ladder[i]), sample_prefixes)
         return _grid_bits(sample_grids, ladder[i], weight)
 

@@ -343,6 +343,42 @@ def test_shared_stage_one_candidates_equal_those_computed_afresh(tiny_model, mon
     assert torch.equal(dist, fresh_dist) and torch.equal(cand, fresh_cand)
 
 
+def test_the_sample_takes_its_largest_first_stage_from_the_whole_latent(tiny_model, monkeypatch):
+    """The ladder search on the sample never quantises stage 1 at the largest eK itself: it cuts the whole
+    latent's (_cut_prefix), which holds the sample's own nearest codewords and residual."""
+    import torch
+
+    from raqcodec import ratecontrol
+    from raqcodec.codec import quantize_latent
+
+    monkeypatch.setattr(ratecontrol, "SAMPLE_MIN_POSITIONS", 16)
+    latent = analyse(tiny_model, synthetic_image(128, 160, seed=9))
+    sample, _ = ratecontrol._sample(latent)
+    largest = tiny_model.cfg.max_codebook_size
+    prefixes = {}
+    ratecontrol._seed_first_stage(tiny_model, latent, largest, prefixes, {})
+    grids, residual = ratecontrol._cut_prefix(prefixes[(largest,)], ratecontrol.SAMPLE_STRIDE)
+    fresh = {}
+    quantize_latent(tiny_model, sample, (largest,), tiny_model.codebooks((largest,)), fresh)
+    fresh_grid, fresh_residual = fresh[(largest,)][0][0], fresh[(largest,)][1]
+    same = (grids[0] == fresh_grid).all(dim=1)  # (1, h, w): positions where no tie broke apart
+    assert same.float().mean() > 0.99
+    assert torch.allclose(residual.permute(0, 2, 3, 1)[same], fresh_residual.permute(0, 2, 3, 1)[same], atol=1e-5)
+
+    stage_one = []
+    iter_stages = tiny_model.iter_stages
+
+    def recorded(z, codebooks):
+        stage_one.append(z.shape[-2:] == sample.z.shape[-2:] and torch.equal(z, sample.z)
+                         and codebooks[0].shape[1] == largest)
+        return iter_stages(z, codebooks)
+
+    monkeypatch.setattr(tiny_model, "iter_stages", recorded)
+    top = encode_latent(tiny_model, latent, largest).bpp
+    ratecontrol._nearest_pick(tiny_model, latent, top)
+    assert stage_one and not any(stage_one)
+
+
 def test_adaptive_bits_equal_the_closed_form_over_every_codeword():
     import torch
 
