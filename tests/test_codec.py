@@ -161,21 +161,30 @@ def test_a_target_above_the_weakest_strength_plans_one_file(tiny_model, monkeypa
     assert planned == [ratecontrol.STRENGTH_MIN]
 
 
-def test_the_first_file_of_a_previewed_candidate_is_at_its_preview_strength(tiny_model):
-    """With a predictor (the candidate's preview on the latent's sample), the whole latent's first point is the
-    predictor's bisection result, not a bisection of its own."""
+def test_preview_strengths_fit_their_previews_and_place_the_first_file(tiny_model):
+    """_preview_order gives each candidate the strength its preview on the latent's sample predicts to fit (the
+    first by bisection, the next from the one before), ranks them by the previews' latent error there, and the fit
+    of a candidate plans its first file at that strength."""
     from raqcodec import ratecontrol
 
     latent = analyse(tiny_model, synthetic_image(256, 512, seed=6))
     sample, weight = ratecontrol._sample(latent)
     assert sample is not latent
-    preview = ratecontrol.RateAwareQuantizer(tiny_model, sample, (300,), weight=weight,
-                                             candidates=ratecontrol.PREVIEW_CANDIDATES)
-    target = preview.predicted_bpp(0.1, 1.0)  # (the tiny model's files grow again beyond m = 3)
-    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
-    fitted = ratecontrol._fit_order0(quantizer, target, 1.0, preview)
+    specs = [((100,), 0.0), ((200,), 0.0), ((300,), 0.0)]
+    target = 0.9 * encode_latent(tiny_model, latent, 300).bpp
+    order, firsts = ratecontrol._preview_order(tiny_model, latent, target, specs, 1.0, {})
+    previews = [ratecontrol.RateAwareQuantizer(tiny_model, sample, setting, strength, weight=weight,
+                                               candidates=ratecontrol.PREVIEW_CANDIDATES)
+                for setting, strength in specs]
+    fitting = [i for i, (preview, m) in enumerate(zip(previews, firsts)) if preview.predicted_bpp(m, 1.0) <= target]
+    assert len(fitting) >= 2 and sorted(order) == fitting
+    assert all(firsts[i] == ratecontrol.STRENGTH_MAX for i in range(len(specs)) if i not in fitting)
+    errors = [previews[i].error(firsts[i]) for i in order]
+    assert errors == sorted(errors)
+    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, *specs[order[0]])
+    fitted = ratecontrol._fit_order0(quantizer, target, 1.0, firsts[order[0]])
     assert fitted is not None and fitted[0].fits(target)
-    assert next(iter(quantizer._points))[0] == ratecontrol._bisect(preview, target, 1.0)
+    assert next(iter(quantizer._points))[0] == firsts[order[0]]
 
 
 def test_context_choice_starts_from_the_order0_choice_or_the_nearest_context_choice(tiny_model):
