@@ -64,6 +64,12 @@ from raqcodec.models.quantizer import (entropy_constrained_indices, lookup, merg
 # x 5 targets: 16 gives 0.03 dB less mean PSNR for 11 % less time, 64 0.02 dB more for 45 % more time.
 CANDIDATES = 32
 PREVIEW_CANDIDATES = 16  # the same on the latent's sample, which only ranks the candidate settings
+# The same in a stage after the first at the largest eK, the costliest search (32 of 4096 per position), reached at
+# the highest rates, where that stage's m is small. Against CANDIDATES there, on 12 Kodak images (odd numbers) and 16
+# BSDS500 validation photos (0.1-1.2 bpp, decoded PSNR; ad hoc, 2026-12-05): BD-rate +0.03 % and +0.01 % (-0.018
+# and -0.003 dB at 1.2 bpp, files 0.3 and 0.0 % smaller), `--bpp` compress at 1.2 bpp 6 % faster (24 Kodak images,
+# benchmarks/paired_speed.py, two rounds). In every stage after the first it cost -0.05 dB at 0.8 bpp on Kodak.
+LARGEST_LATER_STAGE_CANDIDATES = 16
 # Passes of entropy-constrained VQ: re-estimations of the code lengths, PASSES with order-0 lengths and then at most
 # CONTEXT_PASSES with the CONTEXT model's. The context passes never reached a fixed point in 75 calls (8 Kodak
 # images, 0.1 to 0.3 bpp). On 12 Kodak images (odd numbers) and 16 BSDS500 validation photos (targets 0.1-1.2 bpp,
@@ -166,7 +172,8 @@ class RateAwareQuantizer:
     """One latent and one setting, its LAST stage quantised at any strength m (see the module docstring).
 
     The earlier stages are quantised once, at strength `prefix_strength`, and the last stage's nearest
-    candidates are computed once (or taken from `cache`), so a call costs only the entropy-constrained choice.
+    candidates (`candidates` of them, LARGEST_LATER_STAGE_CANDIDATES in a later stage at the largest eK) are
+    computed once (or taken from `cache`), so a call costs only the entropy-constrained choice.
     A quantiser of a `_sample` of the latent predicts sizes with the sample's weight (adaptive_bits).
     """
 
@@ -181,7 +188,9 @@ class RateAwareQuantizer:
         for stage, table in enumerate(self.tables):
             key = (setting[:stage + 1], prefix_strength if stage else None)
             if key not in cache:
-                cache[key] = nearest_candidates(split_groups(residual, model.cfg.groups), table, candidates)
+                largest_later = stage > 0 and table.shape[1] == model.cfg.max_codebook_size
+                count = min(candidates, LARGEST_LATER_STAGE_CANDIDATES) if largest_later else candidates
+                cache[key] = nearest_candidates(split_groups(residual, model.cfg.groups), table, count)
             if stage == len(self.tables) - 1:
                 self.last = cache[key]
                 break

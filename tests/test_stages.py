@@ -248,3 +248,17 @@ def test_reserve_candidate_is_64_times_a_one_stage_pick(two_stage_model):
     assert reserve_settings(two_stage_model, (64,)) == [(largest,)]
     assert reserve_settings(two_stage_model, (1024,)) == []  # 16 x 1024 is capped at the largest: a candidate
     assert reserve_settings(two_stage_model, (largest, 16)) == []
+
+
+def test_a_later_stage_at_the_largest_ek_chooses_among_fewer_candidates(two_stage_model):
+    """Rate-aware coding keeps LARGEST_LATER_STAGE_CANDIDATES nearest codewords in a stage after the first at the
+    largest eK, and CANDIDATES in stage 1 and in a smaller later stage."""
+    from raqcodec import ratecontrol
+
+    largest = two_stage_model.cfg.max_codebook_size
+    latent = analyse(two_stage_model, synthetic_image(64, 80, seed=3))
+    for setting, count in [((largest, largest), ratecontrol.LARGEST_LATER_STAGE_CANDIDATES),
+                           ((largest, 256), ratecontrol.CANDIDATES), ((largest,), ratecontrol.CANDIDATES)]:
+        quantizer = ratecontrol.RateAwareQuantizer(two_stage_model, latent, setting, ratecontrol.PREFIX_STRENGTH)
+        assert quantizer.last[1].shape[-1] == count, setting
+        assert quantizer.draft(1.0).indices[-1].max() < setting[-1]
