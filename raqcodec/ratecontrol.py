@@ -66,10 +66,12 @@ CANDIDATES = 32
 PREVIEW_CANDIDATES = 16  # the same on the latent's sample, which only ranks the candidate settings
 # The same in a stage after the first at the largest eK, the costliest search (32 of 4096 per position), reached at
 # the highest rates, where that stage's m is small. Against CANDIDATES there, on 12 Kodak images (odd numbers) and 16
-# BSDS500 validation photos (0.1-1.2 bpp, decoded PSNR; ad hoc, 2026-12-05): BD-rate +0.03 % and +0.01 % (-0.018
-# and -0.003 dB at 1.2 bpp, files 0.3 and 0.0 % smaller), `--bpp` compress at 1.2 bpp 6 % faster (24 Kodak images,
-# benchmarks/paired_speed.py, two rounds). In every stage after the first it cost -0.05 dB at 0.8 bpp on Kodak.
-LARGEST_LATER_STAGE_CANDIDATES = 16
+# BSDS500 validation photos (0.1-1.2 bpp, decoded PSNR; ad hoc, 2026-12-05): 16 gave BD-rate +0.03 % and +0.01 %
+# (-0.018 and -0.003 dB at 1.2 bpp), 8 +0.02 % and +0.02 % (-0.015 and -0.017 dB; files up to 0.3 % smaller);
+# `--bpp` compress at 1.2 bpp (24 Kodak images, benchmarks/paired_speed.py, two rounds): 16 took 6 to 7 % less time
+# than 32, 8 a further 5 % less. Only the targets that reach 4096+4096 changed. Fewer candidates in every stage after
+# the first (16) cost -0.05 dB at 0.8 bpp on Kodak.
+LARGEST_LATER_STAGE_CANDIDATES = 8
 # Passes of entropy-constrained VQ: re-estimations of the code lengths, PASSES with order-0 lengths and then at most
 # CONTEXT_PASSES with the CONTEXT model's. The context passes never reached a fixed point in 75 calls (8 Kodak
 # images, 0.1 to 0.3 bpp). On 12 Kodak images (odd numbers) and 16 BSDS500 validation photos (targets 0.1-1.2 bpp,
