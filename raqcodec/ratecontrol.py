@@ -442,16 +442,15 @@ def _fit_order0(quantizer: RateAwareQuantizer, bpp: float, scale: float,
     comparisons give a real file's answers) and recalibrates the scale by its size (estimated unless a close call
     wrote it), at most CALIBRATIONS times (fewer once a file fits within CLOSE_ENOUGH of the target), and the
     largest file that fits is kept. The first file is planned at m = `first` when it is given (the m of the
-    candidate's preview on the latent's _sample, from _preview_order); every search runs on the quantiser from
-    the last file's m, or from REFINE_START without one (`_refine`). Starting each
-    later search near the last file's m (then a bisection between m / 2 and 2 m) instead of whole-range
-    bisections on the whole latent each time gave BD-rate +0.23 % on 12 Kodak images (odd numbers) and -0.43 % on
-    16 BSDS500 validation photos (targets 0.1-1.2 bpp, decoded PSNR), `--bpp` compress 12 / 4 / 5 / 0 % faster
-    at 0.1 / 0.3 / 0.5 / 1.2 bpp (24 Kodak images, benchmarks/paired_speed.py, one round; ad hoc, 2026-11-28);
-    10 / 4 / 0.5 / 2.6 % in two rounds (benchmarks/results/paired_speed_kodak_c95425a.json). When no file fits
-    (every prediction was optimistic), the file at STRENGTH_MAX must; when the kept file is under RATE_WINDOW x
-    the target, bisection goes on over planned files, REAL_SEARCH_STEPS times, between its m and the largest m
-    seen to overshoot.
+    candidate's preview on the latent's _sample, from _preview_order); every search runs on the quantiser from the
+    last file's m, or from REFINE_START without one (`_refine`). Starting each later search near the last file's m
+    (then a bisection between m / 2 and 2 m) instead of whole-range bisections on the whole latent each time gave
+    BD-rate +0.23 % on 12 Kodak images (odd numbers) and -0.43 % on 16 BSDS500 validation photos (targets 0.1-1.2
+    bpp, decoded PSNR), `--bpp` compress 12 / 4 / 5 / 0 % faster at 0.1 / 0.3 / 0.5 / 1.2 bpp (24 Kodak images,
+    benchmarks/paired_speed.py, one round; ad hoc, 2026-11-28); 10 / 4 / 0.5 / 2.6 % in two rounds
+    (benchmarks/results/paired_speed_kodak_c95425a.json). When no file fits (every prediction was optimistic), the
+    file at STRENGTH_MAX must; when the kept file is under RATE_WINDOW x the target, bisection goes on over planned
+    files, REAL_SEARCH_STEPS times, between its m and the largest m seen to overshoot.
     """
     fitting, fit_strength, over_strength = None, STRENGTH_MAX, STRENGTH_MIN
     strength = None  # the last file's m, from which the next search starts
