@@ -585,18 +585,23 @@ def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float,
     prefixes: PrefixCache = {}
     sample_prefixes: PrefixCache = {}
 
+    def whole_first_stage() -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The whole latent's stage 1 at the largest eK (its PrefixCache entry), quantised once."""
+        if (largest,) not in prefixes:
+            _seed_first_stage(model, latent, largest, prefixes, candidates)
+        return prefixes[(largest,)]
+
     @functools.cache
     def sample_bits(i: int) -> float:
         if ladder[i][0] == largest and (largest,) not in sample_prefixes:
-            _seed_first_stage(model, latent, largest, prefixes, candidates)
-            sample_prefixes[(largest,)] = _cut_prefix(prefixes[(largest,)], SAMPLE_STRIDE)
+            sample_prefixes[(largest,)] = _cut_prefix(whole_first_stage(), SAMPLE_STRIDE)
         sample_grids = quantize_latent(model, sample, ladder[i], model.codebooks(ladder[i]), sample_prefixes)
         return _grid_bits(sample_grids, ladder[i], weight)
 
     @functools.cache
     def bits(i: int) -> float:
-        if ladder[i][0] == largest and (largest,) not in prefixes:
-            _seed_first_stage(model, latent, largest, prefixes, candidates)
+        if ladder[i][0] == largest:
+            whole_first_stage()
         grids[i] = quantize_latent(model, latent, ladder[i], model.codebooks(ladder[i]), prefixes)
         return _grid_bits(grids[i], ladder[i])
 
