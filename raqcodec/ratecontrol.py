@@ -529,13 +529,18 @@ def search_ladder(model: RAQVAE) -> list[Setting]:
     return cfg.ladder(sizes)
 
 
+def _every(tensor: torch.Tensor, stride: int) -> torch.Tensor:
+    """(..., h, w) -> every stride-th row and column (a view): the positions of a latent's _sample."""
+    return tensor[..., ::stride, ::stride]
+
+
 def _sample(latent: Latent) -> tuple[Latent, float]:
     """(every SAMPLE_STRIDE-th row and column of the latent, same image size; the weight of its counts in
     adaptive_bits): searches run on it first. A latent under SAMPLE_MIN_POSITIONS is its own sample."""
     _, _, height, width = latent.z.shape
     if height * width < SAMPLE_MIN_POSITIONS:
         return latent, 1.0
-    z = latent.z[:, :, ::SAMPLE_STRIDE, ::SAMPLE_STRIDE].contiguous()
+    z = _every(latent.z, SAMPLE_STRIDE).contiguous()
     return Latent(z, latent.width, latent.height, latent.color_mode), float(SAMPLE_STRIDE ** 2)
 
 
@@ -559,7 +564,7 @@ def _cut_prefix(prefix: tuple[list[torch.Tensor], torch.Tensor],
     """A PrefixCache entry of the whole latent (index grids (1, G, h, w) per stage, residual (1, C, h, w)) cut to
     every stride-th row and column: the same entry of its _sample, since nearest codewords are chosen per position."""
     grids, residual = prefix
-    return ([grid[:, :, ::stride, ::stride] for grid in grids], residual[:, :, ::stride, ::stride].contiguous())
+    return [_every(grid, stride) for grid in grids], _every(residual, stride).contiguous()
 
 
 def _nearest_pick(model: RAQVAE, latent: Latent, bpp: float,
