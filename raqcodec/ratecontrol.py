@@ -379,12 +379,12 @@ def _refine(quantizer: RateAwareQuantizer, bpp: float, scale: float, start: floa
             return STRENGTH_MIN
         if over is not None and over[0] == ends[1]:
             return None
-        if over is not None and fit is not None:
-            if fit[0] - over[0] <= _final_width():
-                return exact[fit[0]]
+        bracketed = over is not None and fit is not None
+        if bracketed and fit[0] - over[0] <= _final_width():
+            return exact[fit[0]]
         if predictions > REFINE_STEPS:
             break
-        if over is not None and fit is not None:
+        if bracketed:
             new = over[0] - over[1] * (fit[0] - over[0]) / (fit[1] - over[1])
             inset = 0.01 * (fit[0] - over[0])
             new = min(max(new, over[0] + inset), fit[0] - inset)
