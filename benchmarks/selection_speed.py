@@ -44,7 +44,7 @@ def main() -> None:
     vectors = split_groups(analyse(model, args.image).z, model.cfg.groups)
     rows = []
     for size in SIZES:
-        chunks = [dist for _, dist in _distance_chunks(vectors, model.codebook(size))]
+        chunks = [dist.clone() for _, dist in _distance_chunks(vectors, model.codebook(size))]  # one buffer: copy
         value_diffs = index_diffs = argmin_diffs = 0
         for dist in chunks:
             top = dist.topk(CANDIDATES, dim=-1, largest=False)

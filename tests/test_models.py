@@ -182,9 +182,10 @@ def test_blocked_selection_with_equal_values():
     assert torch.equal(rows.gather(-1, row_argmin(rows).unsqueeze(-1))[..., 0], rows.amin(-1))
 
 
-def test_nearest_candidates_agree_with_nearest_indices():
+@pytest.mark.parametrize("count", [500, 1300])  # 1300: three distance chunks (512 rows each here), the last partial
+def test_nearest_candidates_agree_with_nearest_indices(count):
     gen = torch.Generator().manual_seed(2)
-    vectors, codebook = torch.randn(2, 500, 8, generator=gen), torch.randn(2, 2048, 8, generator=gen)
+    vectors, codebook = torch.randn(2, count, 8, generator=gen), torch.randn(2, 2048, 8, generator=gen)
     dist, cand = nearest_candidates(vectors, codebook, 16)
     assert torch.equal(cand[..., 0], nearest_indices(vectors, codebook))
     exact = ((vectors.unsqueeze(2) - codebook.unsqueeze(1)) ** 2).sum(-1)  # (G, N, n)

@@ -36,15 +36,21 @@ def _distance_chunks(vectors: torch.Tensor, codebook: torch.Tensor, penalty: tor
     """Yield (start, D): D (G, rows, n) = |c|^2 - 2 v.c (+ penalty) for vectors[:, start:start + rows].
 
     |v|^2 is left out (the same for every codeword of a row). Rows are chunked so that memory stays bounded
-    whatever N and n (eK=4096 on a 12-megapixel image included).
+    whatever N and n (eK=4096 on a 12-megapixel image included). Every D is written into one buffer, which the
+    next chunk overwrites: use D before advancing. A new tensor per chunk took twice as long (a Kodak latent, eK
+    4096, the 48 chunks: 57 against 28 ms on the 2-core AVX-512 machine, freed memory kept; 118 against 28 ms
+    with glibc's default, which returns every chunk's memory to the system).
     """
     g, n_vec, _ = vectors.shape
     n_code = codebook.shape[1]
     code_sq = (codebook * codebook).sum(-1)  # (G, n)
     code_sq = (code_sq if penalty is None else code_sq + penalty).unsqueeze(1)  # (G, 1, n)
     chunk = max(1, _DISTANCE_CHUNK_ELEMENTS // (g * n_code))
+    buffer = torch.empty(g * min(chunk, n_vec) * n_code, dtype=vectors.dtype, device=vectors.device)
     for start in range(0, n_vec, chunk):
-        yield start, torch.baddbmm(code_sq, vectors[:, start:start + chunk], codebook.transpose(1, 2), alpha=-2.0)
+        part = vectors[:, start:start + chunk]
+        out = buffer[:g * part.shape[1] * n_code].view(g, part.shape[1], n_code)
+        yield start, torch.baddbmm(code_sq, part, codebook.transpose(1, 2), alpha=-2.0, out=out)
 
 
 # Strided blocks of a row: block j holds elements j, j + n/B, j + 2n/B, ... Their minima are an elementwise minimum
