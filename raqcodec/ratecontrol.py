@@ -20,8 +20,8 @@ chosen one is written:
    rate ladder (eK = 2, 3, 4, 6, 8, 12, ... per stage; `_nearest_pick`); L's file is planned (option 1).
 2. A few larger settings are coded rate-aware (`candidate_settings`): the same stage at 4 and 16 x L's eK (and 64 x
    in stage 2, in stage 1 only when no other file reaches the rate window; at most the largest eK), and, when L is at
-   the top of a stage, the next stage at eK 256 and 4096. For each, a search on log m (a bisection for the first,
-   then `_refine` from the m found before) finds the smallest m whose PREDICTED file fits, and its latent error
+   the top of a stage, the next stage at eK 256 and 4096. For each, a search on log m (the range's ends, then
+   `_refine` from the last m found inside it) finds the smallest m whose PREDICTED file fits, and its latent error
    there, on a sample of the latent (`_sample`: a quarter of the positions, 4x fewer distance computations). Only the
    candidate of lowest predicted error is planned, first at the sample's m, then at the m `fit_rate_aware` finds on
    planned files, each search on the whole latent starting from the last file's m (`_refine`, secant steps on log m)
@@ -688,6 +688,17 @@ def _sample_candidates(latent: Latent, cache: CandidateCache, stride: int) -> Ca
             if key[1] is None}  # stage 1: its input is the latent itself
 
 
+def _preview_strength(preview: RateAwareQuantizer, bpp: float, scale: float, start: float) -> float | None:
+    """The strength m of a preview: None when STRENGTH_MAX is predicted over bpp, STRENGTH_MIN when it is
+    predicted to fit (a setting too large or too small for the target costs one or two predictions), else
+    _refine's from `start`."""
+    if preview.predicted_bpp(STRENGTH_MAX, scale) > bpp:
+        return None
+    if preview.predicted_bpp(STRENGTH_MIN, scale) <= bpp:
+        return STRENGTH_MIN
+    return _refine(preview, bpp, scale, start)
+
+
 def _preview_order(model: RAQVAE, latent: Latent, bpp: float, specs: list[tuple[Setting, float]],
                    scale: float, cache: CandidateCache) -> tuple[list[int], list[float | None]]:
     """(positions in specs, of lowest predicted latent error first, of the candidates predicted to fit bpp on
@@ -695,12 +706,13 @@ def _preview_order(model: RAQVAE, latent: Latent, bpp: float, specs: list[tuple[
     first file is planned: STRENGTH_MAX when the preview predicts no file fits, None without a preview). A single
     candidate needs no preview: it is coded whatever its prediction (at the high end, every larger setting of a
     stage-2 pick is the largest one). The whole latent's stage-1 candidates already in `cache` serve the sample
-    too (_sample_candidates). The first preview bisects the range of m; later ones search from the m of the last
-    preview that fits (`_refine`): sample predictions per image 13.8 / 11.8 / 29.3 / 17.1 against 16.7 / 14.1 /
-    28.1 / 22.5 with bisections only at 0.3 / 0.5 / 0.8 / 1.2 bpp (24 Kodak images), BD-rate +0.02 % on 12 Kodak
-    images (odd numbers) and -0.20 % on 16 BSDS500 validation photos (0.1-1.2 bpp, decoded PSNR; ad hoc,
-    2026-12-05), `--bpp` compress 1.3 / 0.7 / 0.4 / 1.9 % faster (benchmarks/paired_speed.py, 24 Kodak images,
-    two rounds)."""
+    too (_sample_candidates). Each preview first predicts the range's ends (_preview_strength), then searches
+    (`_refine`) from the m of the last preview found inside the range, or from REFINE_START. Sample predictions per
+    image (24 Kodak images) 11.6 / 8.2 / 13.1 / 11.8 / 6.5 at 0.3 / 0.5 / 0.8 / 1.0 / 1.2 bpp against 13.8 / 11.8 /
+    29.3 / 28.3 / 17.2 when the first preview bisected the whole range and later ones searched from the last m
+    that fit, even STRENGTH_MIN, where the predicted size is flat and the secant steps crawl; BD-rate +0.10 % on
+    12 Kodak images (odd numbers) and +0.06 % on 16 BSDS500 validation photos (0.1-1.2 bpp, decoded PSNR; ad
+    hoc, 2026-12-05)."""
     if len(specs) == 1:
         return [0], [None]
     sample, weight = _sample(latent)
@@ -709,8 +721,8 @@ def _preview_order(model: RAQVAE, latent: Latent, bpp: float, specs: list[tuple[
                 for setting, strength in specs]
     strengths: list[float | None] = []
     for preview in previews:
-        known = [m for m in strengths if m is not None]
-        strengths.append(_refine(preview, bpp, scale, known[-1]) if known else _bisect(preview, bpp, scale))
+        inside = [m for m in strengths if m is not None and STRENGTH_MIN < m < STRENGTH_MAX]
+        strengths.append(_preview_strength(preview, bpp, scale, inside[-1] if inside else REFINE_START))
     ranked = sorted((preview.error(m), i) for i, (preview, m) in enumerate(zip(previews, strengths))
                     if m is not None)
     return [i for _, i in ranked] or [0], [STRENGTH_MAX if m is None else m for m in strengths]

@@ -162,9 +162,8 @@ def test_a_target_above_the_weakest_strength_plans_one_file(tiny_model, monkeypa
 
 
 def test_preview_strengths_fit_their_previews_and_place_the_first_file(tiny_model):
-    """_preview_order gives each candidate the strength its preview on the latent's sample predicts to fit (the
-    first by bisection, the next from the one before), ranks them by the previews' latent error there, and the fit
-    of a candidate plans its first file at that strength."""
+    """_preview_order gives each candidate the strength its preview on the latent's sample predicts to fit, ranks
+    them by the previews' latent error there, and the fit of a candidate plans its first file at that strength."""
     from raqcodec import ratecontrol
 
     latent = analyse(tiny_model, synthetic_image(256, 512, seed=6))
@@ -185,6 +184,35 @@ def test_preview_strengths_fit_their_previews_and_place_the_first_file(tiny_mode
     fitted = ratecontrol._fit_order0(quantizer, target, 1.0, firsts[order[0]])
     assert fitted is not None and fitted[0].fits(target)
     assert next(iter(quantizer._points))[0] == firsts[order[0]]
+
+
+@pytest.mark.parametrize("fraction, expected", [(0.5, None), (1.5, "min")])
+def test_a_preview_outside_the_range_of_strengths_costs_at_most_two_predictions(tiny_model, fraction, expected):
+    """A setting predicted over the target even at STRENGTH_MAX gets None after one prediction; one predicted to fit
+    at STRENGTH_MIN gets STRENGTH_MIN after two."""
+    from raqcodec import ratecontrol
+
+    latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
+    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+    ends = [quantizer.predicted_bpp(m, 1.0) for m in (ratecontrol.STRENGTH_MAX, ratecontrol.STRENGTH_MIN)]
+    target = fraction * (ends[0] if expected is None else ends[1])
+    fresh = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+    strength = ratecontrol._preview_strength(fresh, target, 1.0, ratecontrol.REFINE_START)
+    assert strength == (None if expected is None else ratecontrol.STRENGTH_MIN)
+    assert len(fresh._points) == (1 if expected is None else 2)
+
+
+def test_a_preview_inside_the_range_searches_from_its_start(tiny_model):
+    """Between the ends, the preview's strength is _refine's from the start it is given."""
+    from raqcodec import ratecontrol
+
+    latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
+    target = 0.85 * encode_latent(tiny_model, latent, 300).bpp
+    previewed = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+    refined = ratecontrol.RateAwareQuantizer(tiny_model, latent, (300,))
+    strength = ratecontrol._preview_strength(previewed, target, 1.0, 2.0)
+    assert ratecontrol.STRENGTH_MIN < strength < ratecontrol.STRENGTH_MAX
+    assert strength == ratecontrol._refine(refined, target, 1.0, 2.0)
 
 
 def test_context_choice_starts_from_the_order0_choice_or_the_nearest_context_choice(tiny_model):
