@@ -215,6 +215,25 @@ def test_a_preview_inside_the_range_searches_from_its_start(tiny_model):
     assert strength == ratecontrol._refine(refined, target, 1.0, 2.0)
 
 
+@pytest.mark.parametrize("close", [0.0, 1.0])
+def test_context_polish_bisects_only_under_polish_close(tiny_model, monkeypatch, close):
+    """The context file at the order-0 file's m ends the polish when it is at least POLISH_CLOSE x the target
+    (one context file planned); otherwise the bisection plans POLISH_STEPS more."""
+    from raqcodec import ratecontrol
+
+    latent = analyse(tiny_model, synthetic_image(96, 120, seed=4))
+    quantizer = ratecontrol.RateAwareQuantizer(tiny_model, latent, (16,))
+    target = 0.8 * encode_latent(tiny_model, latent, 16).bpp
+    order0, strength = ratecontrol._fit_order0(quantizer, target, 1.0)
+    assert quantizer.draft(strength, context=True).fits(target)  # the polish goes on past its first file
+    planned = []
+    draft = quantizer.draft
+    monkeypatch.setattr(quantizer, "draft", lambda m, context=False: planned.append(context) or draft(m, context))
+    monkeypatch.setattr(ratecontrol, "POLISH_CLOSE", close)
+    ratecontrol._context_polish(quantizer, order0, strength, target)
+    assert planned == [True] * (1 if close == 0.0 else 1 + ratecontrol.POLISH_STEPS)
+
+
 def test_context_choice_starts_from_the_order0_choice_or_the_nearest_context_choice(tiny_model):
     """The context choice at m starts from the order-0 choice at m when there is one, else from the context
     choice at the strength nearest m (log scale), else from nothing (its own order-0 passes)."""
