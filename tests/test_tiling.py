@@ -29,23 +29,3 @@ def test_bfloat16_analysis_stays_close_to_float32(tiny_model, monkeypatch):
     exact = tiling.analysis_tiled(tiny_model, x)
     assert fast.dtype == torch.float32 and not torch.equal(fast, exact)
     assert float(((fast - exact) ** 2).mean() / (exact ** 2).mean()) < 1e-3
-
-
-def test_analysis_keeps_its_weights_channels_last_for_the_same_latent(tiny_model, monkeypatch):
-    """On the CPU, analysis_tiled converts g_a's convolution weights to channels-last in place (their values do not
-    change), and the latent stays that of the default layout, under float32 and under bfloat16 autocast."""
-    import copy
-
-    model = copy.deepcopy(tiny_model).to(memory_format=torch.contiguous_format)
-    reference = copy.deepcopy(model)
-    f = model.cfg.downsample
-    x = torch.rand(1, 3, 8 * f, 8 * f, generator=torch.Generator().manual_seed(2))
-    for fast in (False, True):
-        monkeypatch.setattr(tiling, "_cpu_has_bfloat16", lambda: fast)
-        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
-            expected = reference.analysis(x.contiguous(memory_format=torch.channels_last)).float()
-        z = tiling.analysis_tiled(model, x)
-        assert float(((z - expected) ** 2).mean() / (expected ** 2).mean()) < (1e-4 if fast else 1e-10)
-    convs = [module for module in model.g_a.modules() if isinstance(module, torch.nn.Conv2d)]
-    assert convs and all(conv.weight.is_contiguous(memory_format=torch.channels_last) for conv in convs)
-    assert not reference.g_a[0].weight.is_contiguous(memory_format=torch.channels_last)
