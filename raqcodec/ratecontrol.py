@@ -94,7 +94,6 @@ PREFIX_STRENGTH = 3.0  # strength m of the stages before the last (only the last
 POLISH_RANGE, POLISH_STEPS = 2.0, 2  # _context_polish's bisection: between m / POLISH_RANGE and m, this many steps
 POLISH_CLOSE = 0.98  # ... unless the context file at m is at least this fraction of the target
 RATE_WINDOW = 0.9  # options under this fraction of the target are used only when no other option fits
-PREVIEW_MARGIN = 0.97  # a preview whose STRENGTH_MAX is predicted over this fraction of the target is left out
 SAMPLE_STRIDE = 2  # searches start on every 2nd latent row and column (`_sample`) ...
 SAMPLE_MIN_POSITIONS = 2048  # ... of latents of at least this many positions (a 512x256 image)
 # The ladder search on the sample first tries the one-stage setting of the largest eK up to FIRST_PROBE, so that a
@@ -695,18 +694,10 @@ def _sample_candidates(latent: Latent, cache: CandidateCache, stride: int) -> Ca
 
 
 def _preview_strength(preview: RateAwareQuantizer, bpp: float, scale: float, start: float) -> float | None:
-    """The strength m of a preview: None when STRENGTH_MAX is predicted over PREVIEW_MARGIN x bpp, STRENGTH_MIN
-    when it is predicted to fit bpp (a setting too large or too small for the target costs one or two predictions),
-    else _refine's from `start`.
-
-    The margin: a sample underestimates a last stage at the largest eK, whose file at STRENGTH_MAX the whole latent
-    then cannot bring under the target, after its candidates cost the most of any setting. On 8 Kodak images, the
-    sample's predicted size over the whole latent's at m = 300 was 0.966 to 1.016 for 4096+4096 (1.052 to 1.165 for
-    4096+64 to 4096+1024, where the sample's 16 candidates code larger than the whole latent's 32). At 1.0 bpp on 24
-    Kodak images the margin left out 4096+4096 on the 3 images whose whole-latent fit of it failed (150 ms each),
-    changed 1 of 24 files and no mean PSNR; BD-rate +0.03 % on 12 Kodak images (odd numbers) and +0.05 % on 16
-    BSDS500 validation photos (0.1-1.2 bpp, decoded PSNR; -0.011 and -0.008 dB at 0.8 bpp; ad hoc, 2026-12-05)."""
-    if preview.predicted_bpp(STRENGTH_MAX, scale) > PREVIEW_MARGIN * bpp:
+    """The strength m of a preview: None when STRENGTH_MAX is predicted over bpp, STRENGTH_MIN when it is
+    predicted to fit (a setting too large or too small for the target costs one or two predictions), else
+    _refine's from `start`."""
+    if preview.predicted_bpp(STRENGTH_MAX, scale) > bpp:
         return None
     if preview.predicted_bpp(STRENGTH_MIN, scale) <= bpp:
         return STRENGTH_MIN
@@ -722,11 +713,11 @@ def _preview_order(model: RAQVAE, latent: Latent, bpp: float, specs: list[tuple[
     stage-2 pick is the largest one). The whole latent's stage-1 candidates already in `cache` serve the sample
     too (_sample_candidates). Each preview first predicts the range's ends (_preview_strength), then searches
     (`_refine`) from the m of the last preview found inside the range, or from REFINE_START. Sample predictions per
-    image (24 Kodak images) 11.6 / 8.2 / 13.1 / 11.8 / 6.5 at 0.3 / 0.5 / 0.8 / 1.0 / 1.2 bpp (10.8 / 7.9 / 9.2 /
-    10.5 / 6.3 with PREVIEW_MARGIN) against 13.8 / 11.8 / 29.3 / 28.3 / 17.2 when the first preview bisected the
-    whole range and later ones searched from the last m that fit, even STRENGTH_MIN, where the predicted size is
-    flat and the secant steps crawl; BD-rate +0.10 % on 12 Kodak images (odd numbers) and +0.06 % on 16 BSDS500
-    validation photos (0.1-1.2 bpp, decoded PSNR; ad hoc, 2026-12-05)."""
+    image (24 Kodak images) 11.6 / 8.2 / 13.1 / 11.8 / 6.5 at 0.3 / 0.5 / 0.8 / 1.0 / 1.2 bpp against 13.8 / 11.8 /
+    29.3 / 28.3 / 17.2 when the first preview bisected the whole range and later ones searched from the last m
+    that fit, even STRENGTH_MIN, where the predicted size is flat and the secant steps crawl; BD-rate +0.10 % on
+    12 Kodak images (odd numbers) and +0.06 % on 16 BSDS500 validation photos (0.1-1.2 bpp, decoded PSNR; ad
+    hoc, 2026-12-05)."""
     if len(specs) == 1:
         return [0], [None]
     sample, weight = _sample(latent)
