@@ -89,10 +89,9 @@ REFINE_TOLERANCE, REFINE_SLOPE, REFINE_START, REFINE_STEPS = 0.004, -0.15, 1.0, 
 SEARCH_SPAN = 4.0
 REAL_SEARCH_STEPS = 4  # further steps on planned files (Draft) when the predicted picks miss the rate window
 CALIBRATIONS = 3  # predicted searches, each followed by a planned file that recalibrates the prediction
-CLOSE_ENOUGH = 0.98  # a fitting file of at least this fraction of the target ends the calibrations
+CLOSE_ENOUGH = 0.98  # a fitting file of at least this fraction of the target ends the calibrations (and the polish)
 PREFIX_STRENGTH = 3.0  # strength m of the stages before the last (only the last stage's m is searched)
 POLISH_RANGE, POLISH_STEPS = 2.0, 2  # _context_polish's bisection: between m / POLISH_RANGE and m, this many steps
-POLISH_CLOSE = 0.98  # ... unless the context file at m is at least this fraction of the target
 RATE_WINDOW = 0.9  # options under this fraction of the target are used only when no other option fits
 SAMPLE_STRIDE = 2  # searches start on every 2nd latent row and column (`_sample`) ...
 SAMPLE_MIN_POSITIONS = 2048  # ... of latents of at least this many positions (a 512x256 image)
@@ -423,15 +422,16 @@ def _context_polish(quantizer: RateAwareQuantizer, fitting: Draft, strength: flo
     file fits: at m the context choice codes smaller, so a bisection over planned files runs between
     m / POLISH_RANGE and m, POLISH_STEPS times, each step's choice starting from the context choice at the
     nearest strength tried (`RateAwareQuantizer._context_start`), unless the file at m is already at least
-    POLISH_CLOSE x the target. There the bisection's files added little: on 12 Kodak images (odd numbers) at 0.9
-    and 1.0 bpp, 12 of 16 context files at m were, and the bisection made them 0.5 to 0.9 % larger at the cost of
-    two more context choices and planned files each; skipping it gave BD-rate +0.03 % on those Kodak images and
-    +0.11 % on 16 BSDS500 validation photos (0.1-1.2 bpp, decoded PSNR; ad hoc, 2026-12-05)."""
+    CLOSE_ENOUGH x the target, the rule that ends _fit_order0's calibrations. There the bisection's files added
+    little: on 12 Kodak images (odd numbers) at 0.9 and 1.0 bpp, 12 of 16 context files at m were, and the
+    bisection made them 0.5 to 0.9 % larger at the cost of two more context choices and planned files each;
+    skipping it gave BD-rate +0.03 % on those Kodak images and +0.11 % on 16 BSDS500 validation photos (0.1-1.2
+    bpp, decoded PSNR; ad hoc, 2026-12-05)."""
     trial = quantizer.draft(strength, context=True)
     if not trial.fits(bpp):
         return fitting
     best, best_strength, lo, hi = trial, strength, strength / POLISH_RANGE, strength
-    for _ in range(POLISH_STEPS if trial.fits(POLISH_CLOSE * bpp) else 0):
+    for _ in range(POLISH_STEPS if trial.fits(CLOSE_ENOUGH * bpp) else 0):
         mid = (lo * hi) ** 0.5
         trial = quantizer.draft(mid, context=True)
         if trial.fits(bpp):

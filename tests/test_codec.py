@@ -216,8 +216,8 @@ def test_a_preview_inside_the_range_searches_from_its_start(tiny_model):
 
 
 @pytest.mark.parametrize("close", [0.0, 1.0])
-def test_context_polish_bisects_only_under_polish_close(tiny_model, monkeypatch, close):
-    """The context file at the order-0 file's m ends the polish when it is at least POLISH_CLOSE x the target
+def test_context_polish_bisects_only_under_close_enough(tiny_model, monkeypatch, close):
+    """The context file at the order-0 file's m ends the polish when it is at least CLOSE_ENOUGH x the target
     (one context file planned); otherwise the bisection plans POLISH_STEPS more."""
     from raqcodec import ratecontrol
 
@@ -229,7 +229,7 @@ def test_context_polish_bisects_only_under_polish_close(tiny_model, monkeypatch,
     planned = []
     draft = quantizer.draft
     monkeypatch.setattr(quantizer, "draft", lambda m, context=False: planned.append(context) or draft(m, context))
-    monkeypatch.setattr(ratecontrol, "POLISH_CLOSE", close)
+    monkeypatch.setattr(ratecontrol, "CLOSE_ENOUGH", close)
     ratecontrol._context_polish(quantizer, order0, strength, target)
     assert planned == [True] * (1 if close == 0.0 else 1 + ratecontrol.POLISH_STEPS)
 
